@@ -1,0 +1,42 @@
+# Energo — the two commands are `make run` and `make test`; both set everything up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY_STAMP := $(VENV)/.energo-installed
+NODE_STAMP := node_modules/.energo-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup run test soak bench lint flash clean
+
+setup: $(PY_STAMP) $(NODE_STAMP)
+
+$(PY_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: setup
+	$(BIN)/energo demo
+
+test: setup lint
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+soak: setup
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+lint: $(PY_STAMP)
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/energo bench sign --json
+
+flash: setup
+	@test -n "$(PORT)" -a -n "$(BOARD)" || { echo "usage: make flash PORT=/dev/ttyUSB0 BOARD=boards/NAME.json"; exit 2; }
+	$(BIN)/energo flash --port $(PORT) --board $(BOARD)
+
+clean:
+	rm -rf $(VENV) node_modules out .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Energo firmware package: runs on MicroPython (ESP32) and on CPython."""

@@ -1,0 +1,1 @@
+"""Energo host tools: the energo CLI, verification, settlement, benchmarks."""

@@ -1,0 +1,1 @@
+"""Benchmarks for `energo bench NAME`: one module each, with NAME and run(args) -> dict."""

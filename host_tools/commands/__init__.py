@@ -1,0 +1,1 @@
+"""Subcommands of `energo`: each module defines `register(subparsers)`."""

@@ -1,0 +1,1 @@
+"""CPython board emulator that runs the unmodified Energo firmware."""

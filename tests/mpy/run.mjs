@@ -1,0 +1,68 @@
+// Run a Python script on real MicroPython (the WebAssembly port) under Node.
+//
+// usage: node tests/mpy/run.mjs [--heap BYTES] [--mount HOSTDIR:MPDIR]... SCRIPT.py [ARG...]
+//
+// Every --mount copies a host directory tree into MicroPython's in-memory
+// filesystem and prepends MPDIR to sys.path. ARGs are visible as sys.argv[1:].
+// The script's stdout is written to our stdout unchanged; an uncaught Python
+// exception makes the process exit with status 1.
+import fs from "node:fs";
+import path from "node:path";
+import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
+
+function copyTree(FS, hostDir, mpDir) {
+  FS.mkdirTree(mpDir);
+  for (const entry of fs.readdirSync(hostDir, { withFileTypes: true })) {
+    if (entry.name === "__pycache__") continue;
+    const hostPath = path.join(hostDir, entry.name);
+    const mpPath = mpDir + "/" + entry.name;
+    if (entry.isDirectory()) copyTree(FS, hostPath, mpPath);
+    else if (entry.isFile()) FS.writeFile(mpPath, fs.readFileSync(hostPath));
+  }
+}
+
+const args = process.argv.slice(2);
+const mounts = [];
+let heapsize = 8 * 1024 * 1024;
+while (args.length && args[0].startsWith("--")) {
+  const flag = args.shift();
+  const value = args.shift();
+  if (value === undefined) { console.error(`${flag} needs a value`); process.exit(2); }
+  if (flag === "--mount") mounts.push(value);
+  else if (flag === "--heap") heapsize = Number(value);
+  else { console.error(`unknown option ${flag}`); process.exit(2); }
+}
+if (args.length < 1) {
+  console.error("usage: run.mjs [--heap BYTES] [--mount HOSTDIR:MPDIR]... SCRIPT.py [ARG...]");
+  process.exit(2);
+}
+const script = args.shift();
+
+const out = [];
+const mp = await loadMicroPython({
+  heapsize,
+  linebuffer: false,
+  stdout: (bytes) => process.stdout.write(bytes),
+  stderr: (bytes) => process.stderr.write(bytes),
+});
+const syspath = [];
+for (const mount of mounts) {
+  const split = mount.lastIndexOf(":");
+  const hostDir = mount.slice(0, split);
+  const mpDir = mount.slice(split + 1);
+  copyTree(mp.FS, hostDir, mpDir);
+  syspath.push(mpDir);
+}
+const argv = [script, ...args];
+mp.runPython(
+  "import sys\n" +
+  `sys.path[:0] = ${JSON.stringify(syspath)}\n` +
+  `sys.argv[:] = ${JSON.stringify(argv)}\n`
+);
+const code = fs.readFileSync(script, "utf8");
+try {
+  mp.runPython(code);
+} catch (err) {
+  process.stderr.write(String(err && err.message ? err.message : err) + "\n");
+  process.exitCode = 1;
+}
