@@ -11,10 +11,9 @@ import pkgutil
 import sys
 
 from host_tools import commands
+from host_tools.errors import UsageError
 
-
-class UsageError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2."""
+__all__ = ["UsageError", "build_parser", "main"]
 
 
 def build_parser():

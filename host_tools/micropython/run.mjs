@@ -1,6 +1,6 @@
 // Run a Python script on real MicroPython (the WebAssembly port) under Node.
 //
-// usage: node tests/mpy/run.mjs [--heap BYTES] [--mount HOSTDIR:MPDIR]... SCRIPT.py [ARG...]
+// usage: node run.mjs [--heap BYTES] [--mount HOSTDIR:MPDIR]... SCRIPT.py [ARG...]
 //
 // Every --mount copies a host directory tree into MicroPython's in-memory
 // filesystem and prepends MPDIR to sys.path. ARGs are visible as sys.argv[1:].

@@ -1,0 +1,435 @@
+# ECDSA over NIST P-256 with SHA-256, in pure Python that runs on MicroPython.
+#
+# Why pure Python: the ESP32 port has no ECDSA, and the device key must never
+# leave the board, so signing happens here. Points use Jacobian coordinates
+# (no inversion per addition); k*G uses a fixed-base comb table built once on
+# first use; nonces are deterministic (RFC 6979), so a weak os.urandom at run
+# time cannot leak the key through a repeated nonce.
+#
+# Public API: generate_private_key, public_key, sign, sign_digest, verify,
+# verify_digest, verify_raw, encode_signature, decode_signature, decode_raw_signature,
+# spki_encode, spki_decode, parse_public_key. Malformed keys raise ValueError; a malformed or wrong
+# signature makes verify() return False.
+import hashlib
+
+try:
+    from micropython import const
+except ImportError:  # CPython: const() is only a marker for the MicroPython compiler
+    def const(value):
+        return value
+
+# Curve constants (SEC 2 / FIPS 186-4).
+P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
+N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
+GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
+
+_COMB_ROWS = const(6)  # 63 table points (~8 KB of ints): 42 doublings + 43 additions per k*G
+_COMB_COLS = const(43)  # ceil(256 / _COMB_ROWS)
+_WINDOW_BITS = const(4)  # for k*Q with a variable Q (verification)
+
+# DER SubjectPublicKeyInfo prefix for an uncompressed P-256 key (id-ecPublicKey, prime256v1).
+SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
+
+_comb = None  # built on first use: list of affine (x, y) for comb indices 1..63
+
+
+# --- field and group arithmetic -------------------------------------------------------------
+# A point is a tuple (X, Y, Z) in Jacobian coordinates, x = X/Z^2, y = Y/Z^3; Z == 0 is the
+# point at infinity. Affine table points are (x, y) tuples.
+
+
+def _double(pt):
+    x1, y1, z1 = pt
+    if not z1 or not y1:
+        return (1, 1, 0)
+    p = P
+    # dbl-2001-b, a = -3
+    delta = z1 * z1 % p
+    gamma = y1 * y1 % p
+    beta = x1 * gamma % p
+    alpha = 3 * (x1 - delta) * (x1 + delta) % p
+    x3 = (alpha * alpha - 8 * beta) % p
+    z3 = ((y1 + z1) * (y1 + z1) - gamma - delta) % p
+    y3 = (alpha * (4 * beta - x3) - 8 * gamma * gamma) % p
+    return (x3, y3, z3)
+
+
+def _add_affine(pt, x2, y2):
+    """pt + (x2, y2) with (x2, y2) affine and not infinity."""
+    x1, y1, z1 = pt
+    if not z1:
+        return (x2, y2, 1)
+    p = P
+    z1z1 = z1 * z1 % p
+    h = (x2 * z1z1 - x1) % p
+    r = (y2 * z1 * z1z1 - y1) % p
+    if not h:
+        if not r:
+            return _double(pt)
+        return (1, 1, 0)
+    hh = h * h % p
+    hhh = h * hh % p
+    v = x1 * hh % p
+    x3 = (r * r - hhh - 2 * v) % p
+    y3 = (r * (v - x3) - y1 * hhh) % p
+    return (x3, y3, z1 * h % p)
+
+
+def _add(pt1, pt2):
+    """Jacobian + Jacobian, complete for all inputs."""
+    x1, y1, z1 = pt1
+    x2, y2, z2 = pt2
+    if not z1:
+        return pt2
+    if not z2:
+        return pt1
+    p = P
+    z1z1 = z1 * z1 % p
+    z2z2 = z2 * z2 % p
+    u1 = x1 * z2z2 % p
+    s1 = y1 * z2 * z2z2 % p
+    h = (x2 * z1z1 - u1) % p
+    r = (y2 * z1 * z1z1 - s1) % p
+    if not h:
+        if not r:
+            return _double(pt1)
+        return (1, 1, 0)
+    hh = h * h % p
+    hhh = h * hh % p
+    v = u1 * hh % p
+    x3 = (r * r - hhh - 2 * v) % p
+    y3 = (r * (v - x3) - s1 * hhh) % p
+    return (x3, y3, z1 * z2 * h % p)
+
+
+def _inverse(a, m):
+    # Fermat: m is prime. MicroPython has three-argument pow but not pow(a, -1, m).
+    return pow(a, m - 2, m)
+
+
+def _to_affine(pt):
+    x, y, z = pt
+    if not z:
+        return None
+    zi = _inverse(z, P)
+    zi2 = zi * zi % P
+    return (x * zi2 % P, y * zi2 * zi % P)
+
+
+def _batch_to_affine(points):
+    """Affine form of many non-infinity points with one inversion (Montgomery's trick)."""
+    count = len(points)
+    prefix = [1] * (count + 1)
+    for i in range(count):
+        prefix[i + 1] = prefix[i] * points[i][2] % P
+    inv = _inverse(prefix[count], P)
+    out = [None] * count
+    for i in range(count - 1, -1, -1):
+        zi = inv * prefix[i] % P
+        inv = inv * points[i][2] % P
+        zi2 = zi * zi % P
+        x, y, _ = points[i]
+        out[i] = (x * zi2 % P, y * zi2 * zi % P)
+    return out
+
+
+def _build_comb():
+    # Row j of the comb holds 2^(j*COLS) * G; entry i is the sum of the rows whose bit is set in i.
+    rows = [(GX, GY, 1)]
+    for _ in range(_COMB_ROWS - 1):
+        pt = rows[-1]
+        for _ in range(_COMB_COLS):
+            pt = _double(pt)
+        rows.append(pt)
+    table = [None] * (1 << _COMB_ROWS)
+    table[0] = (1, 1, 0)
+    for i in range(1, 1 << _COMB_ROWS):
+        low = i & -i
+        j = 0
+        while (1 << j) != low:
+            j += 1
+        table[i] = _add(table[i ^ low], rows[j])
+    return [None] + _batch_to_affine(table[1:])
+
+
+def _mul_base(k):
+    """k*G for 0 < k < N, via the comb table; a constant number of additions."""
+    global _comb
+    if _comb is None:
+        _comb = _build_comb()
+    comb = _comb
+    cols = _COMB_COLS
+    mask = (1 << cols) - 1
+    parts = [(k >> (j * cols)) & mask for j in range(_COMB_ROWS)]
+    acc = (1, 1, 0)
+    dummy = (1, 1, 0)
+    gx, gy = GX, GY
+    for col in range(cols - 1, -1, -1):
+        acc = _double(acc)
+        idx = 0
+        for j in range(_COMB_ROWS - 1, -1, -1):
+            idx = (idx << 1) | ((parts[j] >> col) & 1)
+        if idx:
+            x2, y2 = comb[idx]
+            acc = _add_affine(acc, x2, y2)
+        else:
+            # Same work for a zero digit, so timing says less about the key.
+            dummy = _add_affine(dummy, gx, gy)
+    return acc
+
+
+def _mul(pt, k):
+    """k*pt for a variable Jacobian point, fixed 4-bit window."""
+    table = [(1, 1, 0), pt]
+    for i in range(2, 1 << _WINDOW_BITS):
+        table.append(_add(table[i - 1], pt))
+    acc = (1, 1, 0)
+    shift = 256 - _WINDOW_BITS
+    mask = (1 << _WINDOW_BITS) - 1
+    while shift >= 0:
+        for _ in range(_WINDOW_BITS):
+            acc = _double(acc)
+        digit = (k >> shift) & mask
+        if digit:
+            acc = _add(acc, table[digit])
+        shift -= _WINDOW_BITS
+    return acc
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+def _int(data):
+    return int.from_bytes(data, "big")
+
+
+def _bytes32(value):
+    return value.to_bytes(32, "big")
+
+
+def _on_curve(x, y):
+    return (y * y - (x * x * x - 3 * x + B)) % P == 0
+
+
+def generate_private_key(urandom=None):
+    """32 random bytes, rejection-sampled into [1, N-1]."""
+    if urandom is None:
+        import os
+
+        urandom = os.urandom
+    while True:
+        candidate = urandom(32)
+        if len(candidate) != 32:
+            raise ValueError("random source returned %d bytes, want 32" % len(candidate))
+        d = _int(candidate)
+        if 0 < d < N:
+            return candidate
+
+
+def _private_scalar(priv):
+    if not isinstance(priv, (bytes, bytearray)) or len(priv) != 32:
+        raise ValueError("private key must be 32 bytes")
+    d = _int(priv)
+    if not 0 < d < N:
+        raise ValueError("private key out of range")
+    return d
+
+
+def public_key(priv):
+    """The 65-byte uncompressed public key 04||X||Y of a private key."""
+    x, y = _to_affine(_mul_base(_private_scalar(priv)))
+    return b"\x04" + _bytes32(x) + _bytes32(y)
+
+
+def parse_public_key(pub):
+    """(x, y) of a SEC1 public key (65-byte uncompressed or 33-byte compressed), checked."""
+    if not isinstance(pub, (bytes, bytearray)):
+        raise ValueError("public key must be bytes")
+    if len(pub) == 65 and pub[0] == 4:
+        x = _int(pub[1:33])
+        y = _int(pub[33:])
+        if x >= P or y >= P:
+            raise ValueError("public key coordinate out of range")
+        if not _on_curve(x, y):
+            raise ValueError("public key is not on the P-256 curve")
+        return x, y
+    if len(pub) == 33 and pub[0] in (2, 3):
+        x = _int(pub[1:])
+        if x >= P:
+            raise ValueError("public key coordinate out of range")
+        rhs = (x * x * x - 3 * x + B) % P
+        y = pow(rhs, (P + 1) // 4, P)  # P = 3 mod 4
+        if y * y % P != rhs:
+            raise ValueError("public key is not on the P-256 curve")
+        if (y & 1) != (pub[0] & 1):
+            y = P - y
+        return x, y
+    raise ValueError("public key must be 65 bytes (04||X||Y) or 33 bytes compressed")
+
+
+def spki_encode(pub):
+    """DER SubjectPublicKeyInfo of a public key (the form OCMF tools display)."""
+    x, y = parse_public_key(pub)
+    return SPKI_PREFIX + b"\x04" + _bytes32(x) + _bytes32(y)
+
+
+def spki_decode(der):
+    """The 65-byte public key inside a P-256 SubjectPublicKeyInfo; strict DER."""
+    if not isinstance(der, (bytes, bytearray)):
+        raise ValueError("SPKI must be bytes")
+    if len(der) == 91 and der[:26] == SPKI_PREFIX:
+        point = bytes(der[26:])
+    elif len(der) == 59 and der[:26] == _SPKI_PREFIX_COMPRESSED:
+        point = bytes(der[26:])
+    else:
+        raise ValueError("not a DER SubjectPublicKeyInfo for a P-256 key")
+    x, y = parse_public_key(point)
+    return b"\x04" + _bytes32(x) + _bytes32(y)
+
+
+_SPKI_PREFIX_COMPRESSED = bytes.fromhex("3039301306072a8648ce3d020106082a8648ce3d030107032200")
+
+
+# --- signatures ------------------------------------------------------------------------------
+
+
+def _der_int(value):
+    body = value.to_bytes(33, "big")
+    i = 0
+    while i < 32 and body[i] == 0 and body[i + 1] < 0x80:
+        i += 1
+    body = body[i:]
+    return b"\x02" + bytes([len(body)]) + body
+
+
+def encode_signature(r, s):
+    """DER SEQUENCE { INTEGER r, INTEGER s }."""
+    body = _der_int(r) + _der_int(s)
+    return b"\x30" + bytes([len(body)]) + body
+
+
+def _read_der_int(der, pos, end):
+    if pos + 2 > end or der[pos] != 0x02:
+        raise ValueError("expected INTEGER")
+    length = der[pos + 1]
+    pos += 2
+    if length == 0 or length > 33 or pos + length > end:
+        raise ValueError("bad INTEGER length")
+    if der[pos] & 0x80:
+        raise ValueError("negative INTEGER")
+    if length > 1 and der[pos] == 0 and not der[pos + 1] & 0x80:
+        raise ValueError("INTEGER not minimally encoded")
+    return _int(der[pos : pos + length]), pos + length
+
+
+def decode_signature(der):
+    """(r, s) from a strict-DER ECDSA signature; BER forms and trailing bytes are refused."""
+    if not isinstance(der, (bytes, bytearray)):
+        raise ValueError("signature must be bytes")
+    if len(der) < 8 or der[0] != 0x30:
+        raise ValueError("signature is not a DER SEQUENCE")
+    if der[1] & 0x80 or der[1] != len(der) - 2:
+        raise ValueError("bad SEQUENCE length")
+    end = len(der)
+    r, pos = _read_der_int(der, 2, end)
+    s, pos = _read_der_int(der, pos, end)
+    if pos != end:
+        raise ValueError("trailing bytes after signature")
+    return r, s
+
+
+def _hmac(key, msg):
+    # HMAC-SHA256 (RFC 2104) for keys of at most 64 bytes; MicroPython has no hmac module.
+    key = key + bytes(64 - len(key))
+    inner = hashlib.sha256(bytes([b ^ 0x36 for b in key]) + msg).digest()
+    return hashlib.sha256(bytes([b ^ 0x5C for b in key]) + inner).digest()
+
+
+def _nonces(d, digest):
+    """RFC 6979 §3.2 candidate nonces k for private scalar d and a 32-byte hash."""
+    x = _bytes32(d)
+    h = _bytes32(_int(digest) % N)
+    v = b"\x01" * 32
+    k = b"\x00" * 32
+    k = _hmac(k, v + b"\x00" + x + h)
+    v = _hmac(k, v)
+    k = _hmac(k, v + b"\x01" + x + h)
+    v = _hmac(k, v)
+    while True:
+        v = _hmac(k, v)
+        candidate = _int(v)
+        if 0 < candidate < N:
+            yield candidate
+        k = _hmac(k, v + b"\x00")
+        v = _hmac(k, v)
+
+
+def sign_digest(priv, digest):
+    """DER signature of a 32-byte SHA-256 digest, deterministic per RFC 6979."""
+    d = _private_scalar(priv)
+    if len(digest) != 32:
+        raise ValueError("digest must be 32 bytes")
+    e = _int(digest)
+    for k in _nonces(d, digest):
+        x, _ = _to_affine(_mul_base(k))
+        r = x % N
+        if not r:
+            continue
+        s = _inverse(k, N) * (e + r * d) % N
+        if s:
+            return encode_signature(r, s)
+
+
+def sign(priv, msg):
+    """DER ECDSA-SHA256 signature of msg (bytes)."""
+    return sign_digest(priv, hashlib.sha256(msg).digest())
+
+
+def decode_raw_signature(sig):
+    """(r, s) from a raw IEEE P1363 signature r||s of exactly 64 bytes."""
+    if not isinstance(sig, (bytes, bytearray)) or len(sig) != 64:
+        raise ValueError("raw signature must be 64 bytes r||s")
+    return _int(sig[:32]), _int(sig[32:])
+
+
+def _verify_rs(pub, digest, r, s):
+    qx, qy = parse_public_key(pub)
+    if not (0 < r < N and 0 < s < N) or len(digest) != 32:
+        return False
+    w = _inverse(s, N)
+    u1 = _int(digest) * w % N
+    u2 = r * w % N
+    acc = _mul((qx, qy, 1), u2)
+    if u1:
+        acc = _add(acc, _mul_base(u1))
+    affine = _to_affine(acc)
+    if affine is None:
+        return False
+    return affine[0] % N == r
+
+
+def verify_digest(pub, digest, sig_der):
+    """True when sig_der is a valid strict-DER signature of the 32-byte digest under pub."""
+    try:
+        r, s = decode_signature(sig_der)
+    except ValueError:
+        parse_public_key(pub)  # a bad key is still an error, not a mere "invalid"
+        return False
+    return _verify_rs(pub, digest, r, s)
+
+
+def verify(pub, msg, sig_der):
+    """True when sig_der is a valid strict-DER ECDSA-SHA256 signature of msg under pub."""
+    return verify_digest(pub, hashlib.sha256(msg).digest(), sig_der)
+
+
+def verify_raw(pub, msg, sig):
+    """True when sig is a valid raw (P1363) r||s ECDSA-SHA256 signature of msg under pub."""
+    try:
+        r, s = decode_raw_signature(sig)
+    except ValueError:
+        parse_public_key(pub)
+        return False
+    return _verify_rs(pub, hashlib.sha256(msg).digest(), r, s)
