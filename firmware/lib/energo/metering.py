@@ -1,0 +1,159 @@
+# ADC metering math, after EmonLibCM: voltage and current are sampled back to
+# back; each window is cut to whole mains cycles (rising zero crossings of the
+# voltage, confirmed over several samples), the offset is removed by
+# subtracting the mean over exactly those cycles (no settling filter), the
+# voltage is interpolated to the instant the current was sampled (which
+# corrects both the channel skew and the VT/CT phase error), and Vrms, Irms,
+# real and apparent power, power factor and frequency follow. All sums are
+# exact integers; only the final scaling uses floats.
+#
+# Energy: each window's power is applied to the time since the previous window
+# (the caller measures it), in integer mW x us = nJ with the remainder carried,
+# so no energy is lost to rounding; below the creep threshold nothing
+# accumulates, so noise at zero load never turns into kWh.
+import math
+
+try:
+    from micropython import const
+except ImportError:  # CPython: const() is only a marker for the MicroPython compiler
+    def const(value):
+        return value
+
+_FRAC_BITS = const(12)  # fixed-point interpolation weights
+_CONFIRM = const(3)  # samples on the new side that confirm a zero crossing
+NJ_PER_WH = 3600000000000
+
+
+class Window:
+    """The result of one window; powers in W, None for a window without two crossings."""
+
+    __slots__ = ("vrms", "irms", "power_w", "apparent_va", "pf", "frequency_hz", "cycles",
+                 "samples", "power_mw")
+
+
+class Metering:
+    """Turns sample windows into readings and accumulates import/export energy.
+
+    voltage_cal / current_cal: volts / amps per ADC count; phase_us: how far the voltage
+    must be shifted to line up with the current (channel skew plus VT/CT phase error;
+    positive when the current sample is taken after its voltage sample or leads it);
+    sample_us: time between two sample pairs; creep_mw: |power| below which no energy
+    accumulates.
+    """
+
+    def __init__(self, voltage_cal, current_cal, phase_us, sample_us, creep_mw=1000):
+        if sample_us <= 0 or voltage_cal <= 0 or current_cal <= 0 or creep_mw < 0:
+            raise ValueError("bad metering calibration")
+        self.voltage_cal = voltage_cal
+        self.current_cal = current_cal
+        self.sample_us = sample_us
+        self.creep_mw = creep_mw
+        shift = phase_us / sample_us
+        self._shift = int(math.floor(shift))
+        self._weight = int(round((shift - self._shift) * (1 << _FRAC_BITS)))
+        if self._weight == 1 << _FRAC_BITS:
+            self._shift += 1
+            self._weight = 0
+        self.import_wh = 0
+        self.export_wh = 0
+        self._import_nj = 0
+        self._export_nj = 0
+
+    def set_registers(self, import_wh, export_wh):
+        """Continue from persisted registers (the remainders start at zero)."""
+        if import_wh < 0 or export_wh < 0:
+            raise ValueError("negative energy register")
+        self.import_wh = import_wh
+        self.export_wh = export_wh
+
+    def _crossings(self, v, n, threshold):
+        found = []
+        below = v[0] < threshold
+        k = 1
+        while k < n - _CONFIRM:
+            if below and v[k] >= threshold:
+                ok = True
+                for j in range(1, _CONFIRM):
+                    if v[k + j] < threshold:
+                        ok = False
+                        break
+                if ok:
+                    found.append(k)
+                    below = False
+                    k += _CONFIRM
+                    continue
+            elif not below and v[k] < threshold:
+                ok = True
+                for j in range(1, _CONFIRM):
+                    if v[k + j] >= threshold:
+                        ok = False
+                        break
+                if ok:
+                    below = True
+                    k += _CONFIRM
+                    continue
+            k += 1
+        return found
+
+    def analyse(self, v, i, n):
+        """A Window from n sample pairs v[k], i[k] (ADC counts), or None without 2 crossings."""
+        if n < 8:
+            return None
+        total = 0
+        for k in range(n):
+            total += v[k]
+        threshold = total // n
+        shift = self._shift
+        lo = max(0, -shift)
+        hi = min(n, n - shift - 1)
+        cross = [k for k in self._crossings(v, n, threshold) if lo <= k < hi]
+        if len(cross) < 2:
+            return None
+        a = cross[0]
+        b = cross[-1]
+        w1 = self._weight
+        w0 = (1 << _FRAC_BITS) - w1
+        sv = si = svv = sii = svi = 0
+        for k in range(a, b):
+            vs = v[k + shift] * w0 + v[k + shift + 1] * w1
+            ik = i[k]
+            sv += vs
+            si += ik
+            svv += vs * vs
+            sii += ik * ik
+            svi += vs * ik
+        count = b - a
+        scale = 1 << _FRAC_BITS
+        var_v = (count * svv - sv * sv) / (count * count * scale * scale)
+        var_i = (count * sii - si * si) / (count * count)
+        cov = (count * svi - sv * si) / (count * count * scale)
+        w = Window()
+        w.cycles = len(cross) - 1
+        w.samples = count
+        w.vrms = math.sqrt(max(var_v, 0.0)) * self.voltage_cal
+        w.irms = math.sqrt(max(var_i, 0.0)) * self.current_cal
+        w.power_w = cov * self.voltage_cal * self.current_cal
+        w.apparent_va = w.vrms * w.irms
+        w.pf = w.power_w / w.apparent_va if w.apparent_va > 0 else 0.0
+        w.frequency_hz = w.cycles * 1000000 / (count * self.sample_us)
+        w.power_mw = int(round(w.power_w * 1000))
+        return w
+
+    def accumulate(self, power_mw, elapsed_us):
+        """Add power_mw applied for elapsed_us to the registers; returns (import, export) Wh."""
+        if elapsed_us < 0:
+            raise ValueError("time went backwards")
+        if -self.creep_mw < power_mw < self.creep_mw:
+            return self.import_wh, self.export_wh
+        energy_nj = power_mw * elapsed_us
+        if energy_nj > 0:
+            self._import_nj += energy_nj
+            whole = self._import_nj // NJ_PER_WH
+            self.import_wh += whole
+            self._import_nj -= whole * NJ_PER_WH
+        else:
+            self._export_nj -= energy_nj
+            whole = self._export_nj // NJ_PER_WH
+            self.export_wh += whole
+            self._export_nj -= whole * NJ_PER_WH
+        return self.import_wh, self.export_wh
