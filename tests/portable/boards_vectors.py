@@ -1,5 +1,6 @@
 # The board checker on the board itself: same verdicts on CPython and MicroPython.
 import check
+
 from energo import boardcfg
 
 GOOD = ('{"name":"b","role":"meter","meter":"sdm630","wifi":true,"status_led":23,'

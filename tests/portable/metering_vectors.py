@@ -2,6 +2,7 @@
 import math
 
 import check
+
 from energo import metering
 
 SAMPLE_US = 400  # 2.5 kS/s per channel pair

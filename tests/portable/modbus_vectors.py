@@ -2,6 +2,7 @@
 import struct
 
 import check
+
 from energo import modbus
 
 # Known frames: "read 2 input registers at 0x0000 from slave 1" = 01 04 00 00 00 02 71 CB.
