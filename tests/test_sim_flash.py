@@ -1,0 +1,105 @@
+"""Flash power-loss semantics (LittleFS model): atomic rename, torn plain overwrites, ENOSPC."""
+import errno
+
+import pytest
+
+from sim_board.flash import BLOCK_SIZE, Flash, PowerCut
+
+OLD = b"A" * 6000
+NEW = b"B" * 6000
+
+
+def _write(flash, path, data):
+    with flash.open(path, "wb") as f:
+        f.write(data)
+
+
+def _safe_update(flash, data):
+    _write(flash, "/state.tmp", data)
+    flash.metadata_op(lambda: __import__("os").replace(flash.host_path("/state.tmp"),
+                                                       flash.host_path("/state")))
+
+
+def _count_writes(tmp_path, update):
+    flash = Flash(tmp_path / "count")
+    _write(flash, "/state", OLD)
+    start = flash.write_count
+    update(flash, NEW)
+    return flash.write_count - start
+
+
+def _after_cut(tmp_path, k, update):
+    flash = Flash(tmp_path / f"cut{k}")
+    _write(flash, "/state", OLD)
+    flash.cut_at_write = k
+    with pytest.raises(PowerCut):
+        update(flash, NEW)
+    return flash.host_path("/state")
+
+
+def test_write_temp_then_rename_leaves_old_or_new_at_every_cut(tmp_path):
+    writes = _count_writes(tmp_path, _safe_update)
+    assert writes >= 3  # create, data blocks, rename
+    seen = set()
+    for k in range(1, writes + 1):
+        with open(_after_cut(tmp_path, k, _safe_update), "rb") as f:
+            content = f.read()
+        assert content in (OLD, NEW), f"cut at write {k} left a mix"
+        seen.add(content)
+    assert seen == {OLD}  # the rename is the last write; cut there, it did not happen
+
+
+def test_plain_overwrite_can_leave_a_torn_file(tmp_path):
+    writes = _count_writes(tmp_path, lambda fl, d: _write(fl, "/state", d))
+    torn = []
+    for k in range(1, writes + 1):
+        with open(_after_cut(tmp_path, k, lambda fl, d: _write(fl, "/state", d)), "rb") as f:
+            content = f.read()
+        if content not in (OLD, NEW):
+            torn.append(k)
+    assert torn, "no cut point tore a plain overwrite"
+
+
+def test_unflushed_data_is_lost_but_the_file_exists(tmp_path):
+    flash = Flash(tmp_path / "f")
+    f = flash.open("/log", "w")
+    f.write("hello")
+    flash.power_lost()
+    assert (tmp_path / "f" / "log").read_bytes() == b""
+    f2 = flash.open("/log2", "w")
+    f2.write("kept")
+    f2.flush()
+    flash.power_lost()
+    assert (tmp_path / "f" / "log2").read_bytes() == b"kept"
+
+
+def test_flash_is_bounded_and_statvfs_is_truthful(tmp_path):
+    flash = Flash(tmp_path / "small", size_bytes=8 * BLOCK_SIZE)
+    bsize, _, blocks, free, *_ = flash.statvfs()
+    assert (bsize, blocks) == (4096, 8)
+    with flash.open("/a", "wb") as f:
+        f.write(b"x" * BLOCK_SIZE * 2)
+    assert flash.statvfs()[3] == free - 2
+    f = flash.open("/b", "wb")
+    with pytest.raises(OSError) as info:
+        f.write(b"y" * BLOCK_SIZE * 8)
+    assert info.value.errno == errno.ENOSPC
+    assert str(info.value) == "[Errno 28] ENOSPC"
+    f.close()
+    for i in range(8):  # fill the rest with one-block files; creating one more does not fit
+        try:
+            flash.open(f"/small{i}", "wb").close()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            break
+    else:
+        raise AssertionError("the flash never filled up")
+    assert flash.statvfs()[3] == 0
+    assert not (tmp_path / "small" / f"small{i}").exists()
+
+
+def test_paths_cannot_escape_the_flash(tmp_path):
+    flash = Flash(tmp_path / "root")
+    assert flash.host_path("/../../etc/passwd") == str(tmp_path / "root" / "etc" / "passwd")
+    with pytest.raises(ValueError):
+        flash.open("/x", "rw")
