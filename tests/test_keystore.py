@@ -222,11 +222,3 @@ def test_bad_role_and_short_random_are_refused(tmp_path):
                   urandom=lambda n: b"\x01" * (n - 1))
     with pytest.raises(KeystoreError):
         ks.open()
-
-
-def test_hmac_matches_the_standard_library():
-    import hmac
-
-    for _ in range(20):
-        key, msg = os.urandom(32), os.urandom(int.from_bytes(os.urandom(1), "big"))
-        assert keystore._hmac_sha256(key, msg) == hmac.new(key, msg, hashlib.sha256).digest()

@@ -136,3 +136,12 @@ def test_any_single_byte_change_breaks_the_signature(pos, delta):
 def test_signing_is_deterministic_and_randomness_free():
     msg = os.urandom(16)
     assert p256.sign(_PRIV, msg) == p256.sign(_PRIV, msg)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=64), st.binary(max_size=200))
+def test_hmac_matches_the_standard_library(key, msg):
+    import hashlib
+    import hmac
+
+    assert p256.hmac_sha256(key, msg) == hmac.new(key, msg, hashlib.sha256).digest()

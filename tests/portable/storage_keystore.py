@@ -77,7 +77,7 @@ def make(nvs):
                              urandom=fixed_random)
 
 
-print("hmac:", binascii.hexlify(keystore._hmac_sha256(b"k" * 32, b"message")).decode())
+print("hmac:", binascii.hexlify(p256.hmac_sha256(b"k" * 32, b"message")).decode())
 nvs = Nvs()
 ks = make(nvs)
 print("first boot:", ks.open(), ks.device_id, ks.fingerprint[:16])

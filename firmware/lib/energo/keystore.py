@@ -47,13 +47,6 @@ class KeystoreError(ValueError):
     """The key cannot be used (see Keystore.status), or a bad argument."""
 
 
-def _hmac_sha256(key, msg):
-    # hmac is not in MicroPython; RFC 2104 with SHA-256 (64-byte block, 32-byte key).
-    inner = bytes(b ^ 0x36 for b in key) + bytes(32 * [0x36])
-    outer = bytes(b ^ 0x5C for b in key) + bytes(32 * [0x5C])
-    return hashlib.sha256(outer + hashlib.sha256(inner + msg).digest()).digest()
-
-
 def _same(a, b):
     """Compare in time independent of where the first difference is."""
     if len(a) != len(b):
@@ -125,7 +118,7 @@ class Keystore:
             raise KeystoreError("random source returned a short IV")
         body = self._aes(enc_key, _MODE_CBC, iv).encrypt(priv + bytes(16 * [16]))
         data = _MAGIC + bytes([_VERSION]) + iv + body + pub
-        return data + _hmac_sha256(mac_key, data)
+        return data + p256.hmac_sha256(mac_key, data)
 
     def _unwrap(self, secret, data):
         """(private, public) from a key file; ValueError saying why it is unusable."""
@@ -134,7 +127,7 @@ class Keystore:
         if data[:4] != _MAGIC or data[4] != _VERSION:
             raise ValueError("key file magic or version wrong")
         enc_key, mac_key = self._keys(secret)
-        if not _same(_hmac_sha256(mac_key, data[:_MAC_AT]), data[_MAC_AT:]):
+        if not _same(p256.hmac_sha256(mac_key, data[:_MAC_AT]), data[_MAC_AT:]):
             raise ValueError("key file MAC mismatch (corrupted, or another device's secret)")
         plain = self._aes(enc_key, _MODE_CBC, data[5:21]).decrypt(data[21:69])
         if plain[32:] != bytes(16 * [16]):

@@ -340,8 +340,10 @@ def decode_signature(der):
     return r, s
 
 
-def _hmac(key, msg):
-    # HMAC-SHA256 (RFC 2104) for keys of at most 64 bytes; MicroPython has no hmac module.
+def hmac_sha256(key, msg):
+    """HMAC-SHA256 (RFC 2104) for keys of at most 64 bytes; MicroPython has no hmac module."""
+    if len(key) > 64:
+        raise ValueError("HMAC key longer than the SHA-256 block")
     key = key + bytes(64 - len(key))
     inner = hashlib.sha256(bytes([b ^ 0x36 for b in key]) + msg).digest()
     return hashlib.sha256(bytes([b ^ 0x5C for b in key]) + inner).digest()
@@ -353,17 +355,17 @@ def _nonces(d, digest):
     h = _bytes32(_int(digest) % N)
     v = b"\x01" * 32
     k = b"\x00" * 32
-    k = _hmac(k, v + b"\x00" + x + h)
-    v = _hmac(k, v)
-    k = _hmac(k, v + b"\x01" + x + h)
-    v = _hmac(k, v)
+    k = hmac_sha256(k, v + b"\x00" + x + h)
+    v = hmac_sha256(k, v)
+    k = hmac_sha256(k, v + b"\x01" + x + h)
+    v = hmac_sha256(k, v)
     while True:
-        v = _hmac(k, v)
+        v = hmac_sha256(k, v)
         candidate = _int(v)
         if 0 < candidate < N:
             yield candidate
-        k = _hmac(k, v + b"\x00")
-        v = _hmac(k, v)
+        k = hmac_sha256(k, v + b"\x00")
+        v = hmac_sha256(k, v)
 
 
 def sign_digest(priv, digest):
