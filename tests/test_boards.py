@@ -49,6 +49,9 @@ def _with(cfg, path, value):
     (_with(CT, "adc.channels.0.atten", 5), "adc.channels[0].atten: must be one of"),
     (_with(CT, "adc.channels.1.ct_ratio", -5), "adc.channels[1].ct_ratio: must be a number"),
     (_with(CT, "adc.channels", []), "adc.channels: must be a list"),
+    (_with(CT, "adc.channels.0.gain", 3.0), "adc.channels[0].gain: must be a number"),
+    (_with(CT, "adc.phase_cal_us", 5000), "adc.phase_cal_us: must be a number"),
+    (_with(CT, "adc.creep_windows", 0), "adc.creep_windows: must be an integer"),
     (_with(CT, "role", "toaster"), "role: must be one of"),
     (_with(CT, "meter", "x"), "meter: must be adc, sdm630 or sdm120"),
 ])

@@ -141,6 +141,7 @@ def _check_adc(cfg, wifi, used, errors, warnings):
             errors.append("%s.atten: must be one of 0, 1, 2, 3 (ADC.ATTN_*), got %r"
                           % (base, channel.get("atten")))
         _number(channel, "bias_mv", 0.0, 3300.0, errors, where=base)
+        _number(channel, "gain", 0.5, 2.0, errors, required=False, where=base)
         _number(channel, "phase_error_deg", -20.0, 20.0, errors, required=False, where=base)
         for key, low, high, required in _CHANNEL_NUMBERS[kind]:
             _number(channel, key, low, high, errors, required=required, where=base)
@@ -149,6 +150,11 @@ def _check_adc(cfg, wifi, used, errors, warnings):
     _number(cfg, "adc.sample_us", 50, 5000, errors)
     _number(cfg, "adc.skew_us", -1000, 1000, errors, required=False)
     _number(cfg, "adc.creep_w", 0, 100, errors, required=False)
+    _number(cfg, "adc.phase_cal_us", -2000, 2000, errors, required=False)
+    windows = _get(cfg, "adc.creep_windows")
+    if windows is not None and (isinstance(windows, bool) or not isinstance(windows, int)
+                                or not 1 <= windows <= 1000):
+        errors.append("adc.creep_windows: must be an integer from 1 to 1000, got %r" % (windows,))
 
 
 def _check_modbus(cfg, errors):

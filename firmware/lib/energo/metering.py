@@ -9,8 +9,12 @@
 #
 # Energy: each window's power is applied to the time since the previous window
 # (the caller measures it), in integer mW x us = nJ with the remainder carried,
-# so no energy is lost to rounding; below the creep threshold nothing
-# accumulates, so noise at zero load never turns into kWh.
+# so no energy is lost to rounding. Creep: one short window of an ESP32 ADC at
+# zero load shows a few watts of noise power, so the decision is taken over a
+# block of creep_windows windows (the noise of their mean falls with the square
+# root of the count): the block's energy is held and added only when the
+# block's mean power reaches the creep threshold, so noise at zero load never
+# turns into kWh while a real small load loses nothing.
 import math
 
 try:
@@ -37,13 +41,18 @@ class Metering:
     voltage_cal / current_cal: volts / amps per ADC count; phase_us: how far the voltage
     must be shifted to line up with the current (channel skew plus VT/CT phase error;
     positive when the current sample is taken after its voltage sample or leads it);
-    sample_us: time between two sample pairs; creep_mw: |power| below which no energy
-    accumulates.
+    sample_us: time between two sample pairs; creep_mw: mean |power| below which no energy
+    accumulates; creep_windows: how many windows (accumulate calls with time elapsed) that
+    mean is taken over.
     """
 
-    def __init__(self, voltage_cal, current_cal, phase_us, sample_us, creep_mw=1000):
+    def __init__(self, voltage_cal, current_cal, phase_us, sample_us, creep_mw=1000,
+                 creep_windows=1):
         if sample_us <= 0 or voltage_cal <= 0 or current_cal <= 0 or creep_mw < 0:
             raise ValueError("bad metering calibration")
+        if not 1 <= creep_windows <= 1000:
+            raise ValueError("creep_windows must be 1..1000")
+        self.creep_windows = int(creep_windows)
         self.voltage_cal = voltage_cal
         self.current_cal = current_cal
         self.sample_us = sample_us
@@ -58,6 +67,10 @@ class Metering:
         self.export_wh = 0
         self._import_nj = 0
         self._export_nj = 0
+        self._hold_import_nj = 0
+        self._hold_export_nj = 0
+        self._hold_us = 0
+        self._hold_count = 0
 
     def set_registers(self, import_wh, export_wh):
         """Continue from persisted registers (the remainders start at zero)."""
@@ -140,20 +153,42 @@ class Metering:
         return w
 
     def accumulate(self, power_mw, elapsed_us):
-        """Add power_mw applied for elapsed_us to the registers; returns (import, export) Wh."""
+        """Add power_mw applied for elapsed_us to the registers; returns (import, export) Wh.
+
+        The energy is held until creep_windows calls with elapsed time have come in; the
+        block then counts only if its mean |net power| reaches creep_mw.
+        """
         if elapsed_us < 0:
             raise ValueError("time went backwards")
-        if -self.creep_mw < power_mw < self.creep_mw:
+        if elapsed_us == 0:
             return self.import_wh, self.export_wh
         energy_nj = power_mw * elapsed_us
         if energy_nj > 0:
-            self._import_nj += energy_nj
+            self._hold_import_nj += energy_nj
+        else:
+            self._hold_export_nj -= energy_nj
+        self._hold_us += elapsed_us
+        self._hold_count += 1
+        if self._hold_count < self.creep_windows:
+            return self.import_wh, self.export_wh
+        net_nj = self._hold_import_nj - self._hold_export_nj
+        if net_nj >= self.creep_mw * self._hold_us or -net_nj >= self.creep_mw * self._hold_us:
+            self._import_nj += self._hold_import_nj
             whole = self._import_nj // NJ_PER_WH
             self.import_wh += whole
             self._import_nj -= whole * NJ_PER_WH
-        else:
-            self._export_nj -= energy_nj
+            self._export_nj += self._hold_export_nj
             whole = self._export_nj // NJ_PER_WH
             self.export_wh += whole
             self._export_nj -= whole * NJ_PER_WH
+        self._hold_import_nj = self._hold_export_nj = self._hold_us = self._hold_count = 0
         return self.import_wh, self.export_wh
+
+    def energy_nj(self):
+        """(import, export) energy counted so far in nJ, remainders included, for tests."""
+        return (self.import_wh * NJ_PER_WH + self._import_nj,
+                self.export_wh * NJ_PER_WH + self._export_nj)
+
+    def held(self):
+        """How many windows are waiting for the creep decision (0 right after a block)."""
+        return self._hold_count
