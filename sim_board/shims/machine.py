@@ -24,6 +24,10 @@ DEEPSLEEP = 4
 
 # Full-scale input of each attenuation when mapped linearly (ESP32 datasheet ranges).
 _ATTEN_FULL_SCALE_UV = (950_000, 1_250_000, 1_750_000, 2_450_000)
+# One ADC.read() from MicroPython on an ESP32 takes about 40 us (conversion plus call
+# overhead); the emulated read takes the same virtual time, so two channels read back to back
+# are really sampled that far apart, as the board file's skew_us says.
+ADC_READ_NS = 40_000
 _ADC_PINS = frozenset((32, 33, 34, 35, 36, 37, 38, 39, 0, 2, 4, 12, 13, 14, 15, 25, 26, 27))
 _UART_PARITY = {None: "N", 0: "E", 1: "O"}
 
@@ -210,6 +214,7 @@ def _adc_class(board, pin_class):
             if analog is None:
                 return 2048
             code = int(analog.read_code(self._pin, board.clock.now_s(), self._atten))
+            board.clock.advance_ns(ADC_READ_NS)
             return max(0, min(4095, code))
 
         def read(self):

@@ -1,0 +1,226 @@
+# The meter role: measure, keep the register, sign a record every interval,
+# keep it in the outbox until the settlement service acknowledges it.
+#
+# Four asyncio tasks: sampling (ADC windows or Modbus polls), records (one
+# signed OCMF record per interval), the MQTT link (connect with backoff,
+# backlog oldest first at a bounded rate, cumulative acks), and a supervisor
+# that feeds the watchdog only while every task keeps reporting progress.
+import asyncio
+import binascii
+import gc
+import hashlib
+import time
+
+from energo import ocmf, wallclock
+from energo.counter import RecordCounter
+from energo.keystore import Keystore
+from energo.link import Link
+from energo.outbox import Outbox, OutboxFull, capacity_for_filesystem
+from energo.register import EnergyRegister
+from energo.sources import make_source
+
+FIRMWARE_NAME = "energo-meter"
+FIRMWARE_VERSION = "0.1.0"
+_NTP_RETRY_MS = 600000
+_BACKLOG_PER_S = 5  # records published per second while catching up
+_TASK_STALL_MS = 60000  # a task silent this long stops the watchdog feed
+_WDT_TIMEOUT_MS = 30000
+
+
+class Meter:
+    def __init__(self, board, settings, machine, root="/data", reset_cause=None):
+        self.board = board
+        self.settings = settings
+        self.machine = machine
+        self.root = root
+        self.reset_cause = reset_cause
+        self.alive = {}
+        self.errors = {"sample": 0, "outbox_full": 0, "ack_ahead": 0}
+        self.prev_sig_hash = None
+        self._ntp_tried = None
+
+    def open(self):
+        """Open key, register, outbox and counter; returns the device id."""
+        import os
+
+        try:
+            os.mkdir(self.root)
+        except OSError:
+            pass  # exists already
+        self.keystore = Keystore(self.root, "meter")
+        self.keystore.open()
+        if not self.keystore.ready():
+            raise RuntimeError("no usable device key: %s" % self.keystore.problems)
+        self.register = EnergyRegister(self.root)
+        self.register.load()
+        self.outbox = Outbox(self.root, capacity_bytes=capacity_for_filesystem(_fs_bytes(self.root)))
+        self.outbox.open()
+        self.counter = RecordCounter(self.register, self.outbox)
+        self.counter.open()
+        self.source = make_source(self.board, self.machine)
+        imp, exp = self._boot_registers()
+        self.source.set_registers(imp, exp)
+        self.import_wh, self.export_wh = imp, exp
+        self.device_id = self.keystore.device_id
+        self.link = Link(self.device_id, self.settings, rand=_jitter)
+        self.sent_counter = self.outbox.acked()
+        return self.device_id
+
+    def _boot_registers(self):
+        """Start from the larger of the saved register and the newest signed record."""
+        imp, exp = self.register.import_wh, self.register.export_wh
+        newest = self.outbox.peek_last()
+        if newest is not None:
+            try:
+                rec = ocmf.parse(newest[1])
+                imp = max(imp, rec.readings[0].energy_wh())
+                exp = max(exp, rec.readings[1].energy_wh())
+                self.prev_sig_hash = _sig_hash(rec.signature)
+            except (ocmf.OcmfError, IndexError):
+                pass
+        return imp, exp
+
+    def hello(self):
+        return {"fw": FIRMWARE_VERSION, "key": self.keystore.fingerprint,
+                "last": self.counter.last(), "reset": self.reset_cause,
+                "skipped": list(self.counter.skipped) if self.counter.skipped else None,
+                "backlog": self.outbox.count()}
+
+    def _mark(self, name):
+        self.alive[name] = time.ticks_ms()
+
+    # --- tasks -----------------------------------------------------------------------------
+
+    async def sample_task(self):
+        while True:
+            self._mark("sample")
+            try:
+                imp, exp = self.source.sample()
+                self.import_wh, self.export_wh = imp, exp
+                self.register.maybe_save(imp, exp, time.ticks_ms(), self.counter.last())
+            except Exception as exc:  # a bus fault must not stop metering: count and go on
+                self.errors["sample"] += 1
+                if not isinstance(exc, OSError) and not hasattr(exc, "kind"):
+                    raise
+            await asyncio.sleep_ms(self.settings["sample_interval_ms"])
+
+    def make_record(self):
+        """Sign and store the next record; False when the outbox is full (retried later)."""
+        if self.outbox.is_full():
+            self.errors["outbox_full"] += 1
+            return False
+        counter = self.counter.next_counter()
+        now = wallclock.now_ms()
+        sync = wallclock.sync_status()
+        readings = [ocmf.reading(now, "C", self.import_wh, ocmf.OBIS_IMPORT, sync),
+                    ocmf.reading(now, "C", self.export_wh, ocmf.OBIS_EXPORT, sync)]
+        inst = self.source.instant
+        extra = [("XP", inst.power_mw), ("XU", inst.voltage_mv), ("XI", inst.current_ma),
+                 ("XF", inst.pf_milli)]
+        if self.prev_sig_hash is not None:
+            extra.insert(0, ("XC", self.prev_sig_hash))
+        mm = self.board.get("meter", "adc").upper()
+        payload = ocmf.build_payload((FIRMWARE_NAME, self.device_id, FIRMWARE_VERSION),
+                                     "F%d" % counter, ("Energo", mm, self.device_id), readings,
+                                     extra)
+        sig = self.keystore.sign(payload.encode())
+        record = 'OCMF|%s|{"SA":"%s","SD":"%s"}' % (payload, ocmf.SA_P256,
+                                                     binascii.hexlify(sig).decode())
+        try:
+            self.outbox.append(counter, record.encode())
+        except OutboxFull:
+            self.errors["outbox_full"] += 1
+            return False
+        self.counter.commit(counter)
+        self.prev_sig_hash = _sig_hash(sig)
+        return True
+
+    async def record_task(self):
+        interval_ms = self.settings["record_interval_s"] * 1000
+        while True:
+            self._mark("record")
+            now = wallclock.now_ms()
+            await asyncio.sleep_ms(interval_ms - now % interval_ms)
+            self.make_record()
+            gc.collect()
+
+    async def link_task(self):
+        while True:
+            self._mark("link")
+            if not self.link.connected:
+                if self.link.connect(self.hello()):
+                    self.sent_counter = self.outbox.acked()
+                    print("link: connected; backlog", self.outbox.count())
+                else:
+                    if self.link.last_error:
+                        print("link: connect failed:", self.link.last_error)
+                        self.link.last_error = None
+                    await asyncio.sleep_ms(500)
+                    continue
+            self._ntp()
+            self._publish_backlog()
+            self.link.poll()
+            self._apply_ack()
+            await asyncio.sleep_ms(1000 // _BACKLOG_PER_S)
+
+    def _ntp(self):
+        """Set the clock from NTP once the network is up; retried until it works."""
+        if wallclock.sync_status() == "S" or not self.settings.get("ntp_host"):
+            return
+        now = time.ticks_ms()
+        if self._ntp_tried is not None and time.ticks_diff(now, self._ntp_tried) < _NTP_RETRY_MS:
+            return
+        self._ntp_tried = now
+        if wallclock.sync(self.settings["ntp_host"]):
+            print("clock: set from NTP", self.settings["ntp_host"])
+
+    def _publish_backlog(self):
+        pending = self.sent_counter - self.outbox.acked() + 1
+        for counter, record in self.outbox.peek(max(1, pending)):
+            if counter <= self.sent_counter:
+                continue
+            if not self.link.publish(record):
+                return
+            self.sent_counter = counter
+            return  # one per tick keeps the rate bounded
+
+    def _apply_ack(self):
+        ack = self.link.acked
+        if ack is None or ack <= self.outbox.acked():
+            return
+        last = self.outbox.last_counter()
+        if ack > last:
+            self.errors["ack_ahead"] += 1  # the service claims a record we never made
+            ack = last
+        self.outbox.ack(ack)
+
+    async def supervisor(self, wdt):
+        while True:
+            now = time.ticks_ms()
+            stalled = [n for n, t in self.alive.items() if time.ticks_diff(now, t) > _TASK_STALL_MS]
+            if not stalled and wdt is not None:
+                wdt.feed()
+            await asyncio.sleep_ms(1000)
+
+    async def run(self, wdt=None):
+        # If any task fails, gather raises and main.py resets the board: nothing to clean up.
+        tasks = [asyncio.create_task(t) for t in (self.sample_task(), self.record_task(),
+                                                  self.link_task(), self.supervisor(wdt))]
+        await asyncio.gather(*tasks)
+
+
+def _fs_bytes(root):
+    import os
+
+    st = os.statvfs(root)
+    return st[0] * st[2]
+
+
+def _sig_hash(sig):
+    return binascii.hexlify(hashlib.sha256(sig).digest()).decode()
+
+
+def _jitter(n):
+    import os
+
+    return int.from_bytes(os.urandom(4), "big") % n if n > 0 else 0
