@@ -45,8 +45,8 @@ class _VirtualLoop(asyncio.SelectorEventLoop):
         """Like MicroPython: report a task's uncaught exception on the console. Tasks left
         pending when the board resets are simply gone, as in RAM."""
         exc = context.get("exception")
-        if exc is None:
-            return
+        if exc is None or not isinstance(exc, Exception):
+            return  # the emulator stopping or resetting the board (Shutdown, HardReset): no report
         from sim_board.runtime import format_exception
 
         self._console.write_text("Task exception wasn't retrieved\n" + format_exception(exc))

@@ -38,10 +38,10 @@ class Mosquitto:
     password files); `conf_path` may name a complete config instead.
     """
 
-    def __init__(self, workdir, extra_config="", conf_path=None):
+    def __init__(self, workdir, extra_config="", conf_path=None, port=None):
         self.workdir = workdir
         self.host = "127.0.0.1"
-        self.port = free_port()
+        self.port = port or free_port()
         self.extra_config = extra_config
         self.conf_path = conf_path
         self.proc = None

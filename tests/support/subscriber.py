@@ -24,6 +24,7 @@ class Subscriber:
         self.invalid = []  # (device, reason)
         self.duplicates = 0
         self.acked = {}
+        self.arrivals = {}  # device id -> [counter] in arrival order
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-subscriber")
         self.client.on_message = self._on_message
@@ -55,6 +56,7 @@ class Subscriber:
                 self.invalid.append((device, result.reason))
                 return
             counter = result.record.pagination[1]
+            self.arrivals.setdefault(device, []).append(counter)
             store = self.records.setdefault(device, {})
             if counter in store:
                 self.duplicates += 1
@@ -62,12 +64,17 @@ class Subscriber:
                     self.invalid.append((device, f"counter {counter} reused"))
             store[counter] = result.record
             ack = self.acked.get(device, 0)
-            while ack + 1 in store:
+            while ack + 1 in store or ack + 1 <= self.acked.get(device, 0):
                 ack += 1
             self.acked[device] = ack
         if self.ack_enabled:
             client.publish(f"energo/v1/{self.community}/{device}/ack",
                            json.dumps({"ack": ack}), qos=1)
+
+    def resume(self, device, acked):
+        """Continue a device whose records up to `acked` another subscriber already acked."""
+        with self.lock:
+            self.acked[device] = acked
 
     def counters(self, device):
         with self.lock:

@@ -15,6 +15,7 @@ from energo import ocmf, wallclock
 from energo.counter import RecordCounter
 from energo.keystore import Keystore
 from energo.link import Link
+from energo.modbus import ModbusError
 from energo.outbox import Outbox, OutboxFull, capacity_for_filesystem
 from energo.register import EnergyRegister
 from energo.sources import make_source
@@ -22,6 +23,7 @@ from energo.sources import make_source
 FIRMWARE_NAME = "energo-meter"
 FIRMWARE_VERSION = "0.1.0"
 _NTP_RETRY_MS = 600000
+_STATUS_EVERY_S = 600
 _BACKLOG_PER_S = 5  # records published per second while catching up
 _TASK_STALL_MS = 60000  # a task silent this long stops the watchdog feed
 _WDT_TIMEOUT_MS = 30000
@@ -98,10 +100,8 @@ class Meter:
                 imp, exp = self.source.sample()
                 self.import_wh, self.export_wh = imp, exp
                 self.register.maybe_save(imp, exp, time.ticks_ms(), self.counter.last())
-            except Exception as exc:  # a bus fault must not stop metering: count and go on
+            except (OSError, ModbusError):  # a bus fault must not stop metering: count, go on
                 self.errors["sample"] += 1
-                if not isinstance(exc, OSError) and not hasattr(exc, "kind"):
-                    raise
             await asyncio.sleep_ms(self.settings["sample_interval_ms"])
 
     def make_record(self):
@@ -194,8 +194,25 @@ class Meter:
             ack = last
         self.outbox.ack(ack)
 
+    def status(self):
+        """One console line: what a technician with a serial cable wants to know."""
+        errors = {}
+        for source in (self.errors, self.link.errors, getattr(self.source, "master", None)):
+            counts = source if isinstance(source, dict) else getattr(source, "errors", {})
+            for key in counts:
+                if counts[key]:
+                    errors[key] = errors.get(key, 0) + counts[key]
+        return "status: counter %d backlog %d acked %d import %d export %d link %s errors %s" % (
+            self.counter.last(), self.outbox.count(), self.outbox.acked(), self.import_wh,
+            self.export_wh, "up" if self.link.connected else "down",
+            ",".join("%s=%d" % (k, errors[k]) for k in sorted(errors)) or "none")
+
     async def supervisor(self, wdt):
+        beat = 0
         while True:
+            beat += 1
+            if beat % _STATUS_EVERY_S == 0:
+                print(self.status())
             now = time.ticks_ms()
             stalled = [n for n, t in self.alive.items() if time.ticks_diff(now, t) > _TASK_STALL_MS]
             if not stalled and wdt is not None:
