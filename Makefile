@@ -31,8 +31,10 @@ soak: setup
 lint: $(PY_STAMP)
 	$(BIN)/ruff check .
 
+BENCHES ?= sign accuracy firmware-mem match emulator
+
 bench: setup
-	$(BIN)/energo bench sign --json
+	@for name in $(BENCHES); do echo "== energo bench $$name"; $(BIN)/energo bench $$name --json || exit 1; done
 
 flash: setup
 	@test -n "$(PORT)" -a -n "$(BOARD)" || { echo "usage: make flash PORT=/dev/ttyUSB0 BOARD=boards/NAME.json"; exit 2; }
