@@ -290,6 +290,10 @@ def _pwm_class(board):
     return PWM
 
 
+PEER_WALL_S = 0.25  # real time a UART peer may take to start its reply
+PEER_GAP_S = 0.003  # a pause this long (real time) ends the peer's reply
+
+
 def _uart_class(board):
     class UART:
         """A UART; when the board's world wires it to a pty (a Modbus meter), it talks to it."""
@@ -299,6 +303,7 @@ def _uart_class(board):
                 raise ValueError(f"UART({id}) does not exist")
             self._id = id
             self._port = None
+            self._awaiting = False
             self._timeout_ms = 0
             self._rx = bytearray()
             self.init(baudrate, **kwargs)
@@ -347,8 +352,30 @@ def _uart_class(board):
                 return
             board.clock.wait(self._timeout_ms / 1000, ready)
 
+        def _await_peer(self):
+            """After a request, give the real peer (a pymodbus meter on a pty, answering in
+            wall time) up to PEER_WALL_S of real time to reply, and collect the whole reply,
+            without advancing the virtual clock: to a board sped up 900x the meter answers as
+            promptly as a real one does. Without this, a 200 ms reply timeout would be a
+            fraction of a real millisecond."""
+            self._awaiting = False
+            fd = self._port.fileno()
+            deadline = host_time.monotonic() + PEER_WALL_S
+            while not self._rx:
+                left = deadline - host_time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    return
+                self._pull()
+            while select.select([fd], [], [], PEER_GAP_S)[0]:  # the rest of the frame
+                before = len(self._rx)
+                self._pull()
+                if len(self._rx) == before:
+                    return
+
         def any(self):
             self._pull()
+            if not self._rx and self._awaiting and self._port is not None:
+                self._await_peer()
             return len(self._rx)
 
         def read(self, nbytes=None):
@@ -381,6 +408,7 @@ def _uart_class(board):
             data = bytes(buf)
             if self._port is not None:
                 self._port.write(data)
+                self._awaiting = True
             board.clock.advance_ns(len(data) * self._byte_ns)  # modelled cost: line time
             return len(data)
 
