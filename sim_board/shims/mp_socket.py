@@ -8,13 +8,11 @@ Wi-Fi link drops, every open socket is aborted (OSError(ECONNABORTED)), as lwIP 
 import errno
 import select as host_select
 import socket as host_socket
-import time
 import types
 
 from sim_board.flash import oserror
 
 NET_WALL_FLOOR_S = 0.25
-_monotonic = time.monotonic
 
 AF_INET = 2
 AF_INET6 = 10
@@ -91,15 +89,13 @@ def build(board, runtime):
                 return bool(r or w)
 
             # The peers are real programs running in wall time; a board sped up 900x must not
-            # give up on a loopback round trip that took a few real milliseconds. So a timeout
-            # also needs NET_WALL_FLOOR_S of real time; that extra wait does not advance the
-            # virtual clock (to the board the network answered at once; the clock then catches
-            # up with the wall as a board behind schedule does).
-            wall_deadline = _monotonic() + NET_WALL_FLOOR_S
-            if not clock.wait(self._timeout_s, ready):
-                remaining_s = wall_deadline - _monotonic()
-                if remaining_s <= 0 or not ready(remaining_s):
-                    raise oserror(errno.ETIMEDOUT)
+            # give up on a loopback round trip that took a few real milliseconds. So the peer
+            # first gets up to NET_WALL_FLOOR_S of real time, during which the virtual clock
+            # stands still (to the board the network answered at once). Only then does the
+            # virtual timeout run: a board behind schedule would otherwise jump straight to
+            # the end of every timeout, before the peer had a chance to answer.
+            if not ready(NET_WALL_FLOOR_S) and not clock.wait(self._timeout_s, ready):
+                raise oserror(errno.ETIMEDOUT)
             self._check()
             return True
 

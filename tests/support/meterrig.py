@@ -42,13 +42,15 @@ class MeterBoard:
     """A started emulated meter whose console is captured; `device_id`/`spki_hex` once booted."""
 
     def __init__(self, flash_dir, board_cfg, site_scenario, speed, seed=1, faults=(),
-                 meters=None, world_seed=7):
+                 meters=None, world_seed=7, start_epoch_s=None):
         self.output = bytearray()
         self.lock = threading.Lock()
         world = {"seed": world_seed, "scenario": site_scenario, "site": "house-1"}
         if meters:
             world["meters"] = meters
         scenario = {"wifi": WIFI, "world": world, "faults": list(faults)}
+        if start_epoch_s is not None:  # a board powered on again later in the same world
+            scenario["start_epoch_s"] = start_epoch_s
         self.board = Board(str(flash_dir), board_cfg, scenario, speed=speed, seed=seed,
                            echo=self._echo)
         self.world = attach_world(self.board, scenario)
