@@ -89,14 +89,17 @@ def test_creep_block_holds_energy_until_its_mean_is_known():
     assert m.held() == 3 and m.energy_nj() == (0, 0)
     m.accumulate(2000, 1_000_000)
     assert m.held() == 0 and m.energy_nj() == (8_000_000_000, 0)
-    # noise around zero: +-5 W windows, mean 0, nothing counts
+    # noise around zero: +-3 W windows, mean 0, nothing counts
     for k in range(40):
-        m.accumulate(5000 if k % 2 else -5000, 1_000_000)
+        m.accumulate(3000 if k % 2 else -3000, 1_000_000)
     assert m.energy_nj() == (8_000_000_000, 0)
-    # a real 1.5 W mean made of mixed windows: both sides count
-    for power_mw in (5000, -2000, 5000, -2000):
+    # a real 1 W mean made of mixed windows: both sides count
+    for power_mw in (3000, -1000, 3000, -1000):
         m.accumulate(power_mw, 1_000_000)
-    assert m.energy_nj() == (18_000_000_000, 4_000_000_000)
+    assert m.energy_nj() == (14_000_000_000, 2_000_000_000)
+    # a window at four times the threshold is a real load: it counts at once
+    m.accumulate(4000, 1_000_000)
+    assert m.held() == 0 and m.energy_nj() == (18_000_000_000, 2_000_000_000)
     # a call without elapsed time (the first window) is not a window of the block
     m.accumulate(9000, 0)
     assert m.held() == 0

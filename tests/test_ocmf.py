@@ -136,3 +136,17 @@ def test_time_parser_only_raises_value_error(text):
         timefmt.parse_tm(text)
     except ValueError:
         pass
+
+
+def test_reader_names_stay_reachable_through_ocmf():
+    """The reader moved to energo.ocmfread (a meter releases it after boot); host code that
+    names ocmf.Record and friends keeps working, and a misspelt name is still an error."""
+    from energo import ocmfread
+
+    assert ocmf.Record is ocmfread.Record
+    assert ocmf._signature_bytes is ocmfread._signature_bytes
+    assert ocmf._check_payload_fields is ocmfread._check_payload_fields
+    assert ocmf.KNOWN_SA == ocmfread.KNOWN_SA
+    with pytest.raises(AttributeError):
+        ocmf.Recrod  # noqa: B018 - the attribute access is the test
+    assert not hasattr(ocmf, "load_object")

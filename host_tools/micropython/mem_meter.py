@@ -94,6 +94,9 @@ async def main():
     settings = devcfg.check({"community": "bench", "mqtt": {"url": "mqtt://broker.invalid"},
                              "record_interval_s": interval_s})
     settings["ntp_host"] = None  # no NTP on this port: records carry sync status U
+    # main.py reads the configuration in start() and lets go of these modules when it returns;
+    # holding them here would keep code alive that a board frees (the role releases them).
+    del boardcfg, devcfg
     started_ms = time.ticks_ms()
     meter = Meter(board, settings, machine, reset_cause=machine.reset_cause())
     meter.open()

@@ -61,6 +61,58 @@ w = run(230.0, 10.0, 0.0, h3=0.05, h5=0.03)
 close(w.power_w, 2300.0, 10.0, "P with harmonics")
 close(w.vrms, 230.0 * math.sqrt(1 + 0.05 ** 2 + 0.03 ** 2), 0.6, "Vrms with harmonics")
 
+# The chunked, offset sums of analyse() against the direct sums of the interpolated voltage
+# (big ints, the textbook formula): the same integers, so the same floats to the last bit, for
+# any shift and weight and for codes at both ends of the 12-bit range.
+def direct(m, v, i, n):
+    scale = 1 << 12
+    probe = m.analyse(v, i, n)
+    if probe is None:
+        return None
+    shift, w1 = m._shift, m._weight
+    w0 = scale - w1
+    total = 0
+    for k in range(n):
+        total += v[k]
+    cross = [k for k in m._crossings(v, n, total // n)
+             if max(0, -shift) <= k < min(n, n - shift - 1)]
+    sv = si = svv = sii = svi = 0
+    for k in range(cross[0], cross[-1]):
+        vs = v[k + shift] * w0 + v[k + shift + 1] * w1
+        sv += vs
+        si += i[k]
+        svv += vs * vs
+        sii += i[k] * i[k]
+        svi += vs * i[k]
+    count = cross[-1] - cross[0]
+    return ((count * svv - sv * sv) / (count * count * scale * scale),
+            (count * sii - si * si) / (count * count),
+            (count * svi - sv * si) / (count * count * scale), probe)
+
+
+seed = [12345]
+
+
+def rand(n):
+    seed[0] = (seed[0] * 1103515245 + 12345) % 2147483648
+    return seed[0] % n
+
+
+for phase_us, amp, offset in ((0, 900, 2048), (40, 2047, 2048), (-930, 2047, 2047),
+                              (123, 4000, 2100), (399, 300, 3900), (-1, 60, 30)):
+    v, i = waveforms(amp * V_CAL / math.sqrt(2), amp * I_CAL / math.sqrt(2), 30.0, 50.0, 0,
+                     offset=offset)
+    v = [max(0, min(4095, x + rand(7) - 3)) for x in v]
+    i = [max(0, min(4095, x + rand(31) - 15)) for x in i]
+    i[N // 2] = 4095  # the extremes of the code range, inside the summed span
+    i[N // 2 + 1] = 0
+    m = metering.Metering(V_CAL, I_CAL, phase_us, SAMPLE_US)
+    var_v, var_i, cov, w = direct(m, v, i, N)
+    check.eq(w.vrms, math.sqrt(max(var_v, 0.0)) * V_CAL, "Vrms exact at %d us" % phase_us)
+    check.eq(w.irms, math.sqrt(max(var_i, 0.0)) * I_CAL, "Irms exact at %d us" % phase_us)
+    check.eq(w.power_w, cov * V_CAL * I_CAL, "P exact at %d us" % phase_us)
+    print("exact", phase_us, w.samples, w.power_mw)
+
 # A window without two confirmed crossings gives nothing.
 check.eq(metering.Metering(V_CAL, I_CAL, 0, SAMPLE_US).analyse([2048] * N, [2048] * N, N), None,
          "flat voltage")

@@ -63,6 +63,20 @@ for bad in ("", "OCMF|{}|{}", "OCMF|{\"RD\":[]}|{\"SD\":\"00\"}", "OCMF|{\"RD\":
 check.raises(ocmf.OcmfError, lambda: ocmf.parse('OCMF|{"PG":"T01","RD":[{}]}|{"SD":"00"}',
                                                strict=True), "strict parse")
 check.raises(ocmf.OcmfError, lambda: ocmf.kwh_text(-1), "negative energy")
+
+# The reader is released after a meter's boot (MicroPython only) and comes back on the next
+# parse, with the same results.
+import energo  # noqa: E402 - here because this part is about releasing modules
+
+first = ocmf.parse(samples[0]["ocmf"])
+energo.release("ocmfread", "jsonread")
+released = sys.implementation.name == "micropython"
+check.eq("energo.ocmfread" not in sys.modules, released, "reader released on MicroPython only")
+check.eq("energo.jsonread" not in sys.modules, released, "JSON reader released too")
+again = ocmf.parse(samples[0]["ocmf"])
+check.eq(again.payload_text, first.payload_text, "parse after release")
+check.eq([r.value for r in again.readings], [r.value for r in first.readings], "readings")
+check.true(isinstance(again, ocmf.Record), "ocmf.Record is the reader's Record")
 check.raises(ocmf.OcmfError, lambda: ocmf.build_payload(("a|b", "", ""), "F1", ("", "", ""),
                                                         [ocmf.reading(0, "B", 1)]), "pipe")
 check.done()

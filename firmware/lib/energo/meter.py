@@ -11,11 +11,11 @@ import gc
 import hashlib
 import time
 
+import energo
 from energo import ocmf, wallclock
 from energo.counter import RecordCounter
 from energo.keystore import Keystore
 from energo.link import Link
-from energo.modbus import ModbusError
 from energo.outbox import Outbox, OutboxFull, capacity_for_filesystem
 from energo.register import EnergyRegister
 from energo.sources import make_source
@@ -27,6 +27,7 @@ _STATUS_EVERY_S = 600
 _BACKLOG_PER_S = 5  # records published per second while catching up
 _TASK_STALL_MS = 60000  # a task silent this long stops the watchdog feed
 _WDT_TIMEOUT_MS = 30000
+_SIG_HEAD = b'|{"SA":"' + ocmf.SA_P256.encode() + b'","SD":"'
 
 
 class Meter:
@@ -37,7 +38,7 @@ class Meter:
         self.root = root
         self.reset_cause = reset_cause
         self.alive = {}
-        self.errors = {"sample": 0, "outbox_full": 0, "ack_ahead": 0}
+        self.errors = {"sample": 0, "outbox_full": 0, "ack_ahead": 0, "no_reading": 0}
         self.prev_sig_hash = None
         self._ntp_tried = None
 
@@ -66,6 +67,9 @@ class Meter:
         self.device_id = self.keystore.device_id
         self.link = Link(self.device_id, self.settings, rand=_jitter)
         self.sent_counter = self.outbox.acked()
+        # Boot-only code (~18 KB as .mpy): main.py read the configuration with the first two,
+        # and _boot_registers() read the newest record with the OCMF and JSON readers.
+        energo.release("boardcfg", "devcfg", "ocmfread", "jsonread")
         return self.device_id
 
     def _boot_registers(self):
@@ -100,12 +104,16 @@ class Meter:
                 imp, exp = self.source.sample()
                 self.import_wh, self.export_wh = imp, exp
                 self.register.maybe_save(imp, exp, time.ticks_ms(), self.counter.last())
-            except (OSError, ModbusError):  # a bus fault must not stop metering: count, go on
+            except self.source.faults:  # a bus fault must not stop metering: count, go on
                 self.errors["sample"] += 1
             await asyncio.sleep_ms(self.settings["sample_interval_ms"])
 
     def make_record(self):
-        """Sign and store the next record; False when the outbox is full (retried later)."""
+        """Sign and store the next record; False when the outbox is full (retried later)
+        or the source has no reading yet (a record never carries a guessed register)."""
+        if not self.source.ready:
+            self.errors["no_reading"] += 1
+            return False
         if self.outbox.is_full():
             self.errors["outbox_full"] += 1
             return False
@@ -123,11 +131,13 @@ class Meter:
         payload = ocmf.build_payload((FIRMWARE_NAME, self.device_id, FIRMWARE_VERSION),
                                      "F%d" % counter, ("Energo", mm, self.device_id), readings,
                                      extra)
-        sig = self.keystore.sign(payload.encode())
-        record = 'OCMF|%s|{"SA":"%s","SD":"%s"}' % (payload, ocmf.SA_P256,
-                                                     binascii.hexlify(sig).decode())
+        # Encoded once: the bytes signed are the bytes stored, and a second copy of a ~600-byte
+        # payload (and of the whole record as text) is garbage every interval.
+        payload = payload.encode()
+        sig = self.keystore.sign(payload)
+        record = b"".join((b"OCMF|", payload, _SIG_HEAD, binascii.hexlify(sig), b'"}'))
         try:
-            self.outbox.append(counter, record.encode())
+            self.outbox.append(counter, record)
         except OutboxFull:
             self.errors["outbox_full"] += 1
             return False

@@ -25,7 +25,11 @@ except ImportError:  # CPython: const() is only a marker for the MicroPython com
 
 _FRAC_BITS = const(12)  # fixed-point interpolation weights
 _CONFIRM = const(3)  # samples on the new side that confirm a zero crossing
+# Products summed per chunk in analyse(): 64 * 4095 * 4095 < 2**30, so with 12-bit codes and
+# offsets inside the code range every partial sum stays a small int on a 32-bit ESP32.
+_CHUNK = const(64)
 NJ_PER_WH = 3600000000000
+_CREEP_CLEAR = const(4)  # mean power this many times the creep threshold counts at once
 
 
 class Window:
@@ -112,10 +116,11 @@ class Metering:
         """A Window from n sample pairs v[k], i[k] (ADC counts), or None without 2 crossings."""
         if n < 8:
             return None
-        total = 0
+        total_v = total_i = 0
         for k in range(n):
-            total += v[k]
-        threshold = total // n
+            total_v += v[k]
+            total_i += i[k]
+        threshold = total_v // n
         shift = self._shift
         lo = max(0, -shift)
         hi = min(n, n - shift - 1)
@@ -123,19 +128,22 @@ class Metering:
         if len(cross) < 2:
             return None
         a = cross[0]
-        b = cross[-1]
+        count = cross[-1] - a
         w1 = self._weight
         w0 = (1 << _FRAC_BITS) - w1
-        sv = si = svv = sii = svi = 0
-        for k in range(a, b):
-            vs = v[k + shift] * w0 + v[k + shift + 1] * w1
-            ik = i[k]
-            sv += vs
-            si += ik
-            svv += vs * vs
-            sii += ik * ik
-            svi += vs * ik
-        count = b - a
+        # The sums of the interpolated voltage vs = w0*p + w1*q (p = v[k+shift], q = the next
+        # code) expand into sums of p, p*p, p*q, p*i, q*i, whose terms are small ints.
+        s0, s00, s01, x0, x1, si, sii = _sums(v, i, a + shift, a, count, threshold,
+                                              total_i // n)
+        p_first = v[a + shift] - threshold
+        q_last = v[a + shift + count] - threshold
+        s1 = s0 - p_first + q_last  # the q sums are the p sums moved on by one sample
+        s11 = s00 - p_first * p_first + q_last * q_last
+        sv = w0 * s0 + w1 * s1
+        svv = w0 * w0 * s00 + 2 * w0 * w1 * s01 + w1 * w1 * s11
+        svi = w0 * x0 + w1 * x1
+        # Variance and covariance numerators (count*sum(xy) - sum(x)*sum(y)) do not change when
+        # a constant is subtracted from every sample: the offsets above leave them exact.
         scale = 1 << _FRAC_BITS
         var_v = (count * svv - sv * sv) / (count * count * scale * scale)
         var_i = (count * sii - si * si) / (count * count)
@@ -156,7 +164,10 @@ class Metering:
         """Add power_mw applied for elapsed_us to the registers; returns (import, export) Wh.
 
         The energy is held until creep_windows calls with elapsed time have come in; the
-        block then counts only if its mean |net power| reaches creep_mw.
+        block then counts only if its mean |net power| reaches creep_mw. A block whose mean
+        is already _CREEP_CLEAR times the threshold counts at once: a real load never waits
+        (with a long sampling interval the hold would otherwise delay the register by minutes),
+        while a single window of noise stays far below it.
         """
         if elapsed_us < 0:
             raise ValueError("time went backwards")
@@ -169,10 +180,13 @@ class Metering:
             self._hold_export_nj -= energy_nj
         self._hold_us += elapsed_us
         self._hold_count += 1
-        if self._hold_count < self.creep_windows:
-            return self.import_wh, self.export_wh
         net_nj = self._hold_import_nj - self._hold_export_nj
-        if net_nj >= self.creep_mw * self._hold_us or -net_nj >= self.creep_mw * self._hold_us:
+        if net_nj < 0:
+            net_nj = -net_nj
+        clear = net_nj >= _CREEP_CLEAR * self.creep_mw * self._hold_us
+        if self._hold_count < self.creep_windows and not clear:
+            return self.import_wh, self.export_wh
+        if clear or net_nj >= self.creep_mw * self._hold_us:
             self._import_nj += self._hold_import_nj
             whole = self._import_nj // NJ_PER_WH
             self.import_wh += whole
@@ -192,3 +206,40 @@ class Metering:
     def held(self):
         """How many windows are waiting for the creep decision (0 right after a block)."""
         return self._hold_count
+
+
+def _sums(v, i, base, start, count, v_off, i_off):
+    """Sums over count samples of p, p*p, p*q, p*c, q*c, c, c*c, with p = v[base+k] - v_off,
+    q = v[base+k+1] - v_off and c = i[start+k] - i_off, as exact ints.
+
+    Why in chunks: a product of two 12-bit codes is a small int, but a window's sum of them is
+    not, and every operation on a big int allocates a new object (one window of 500 samples
+    made about 100 KB of garbage). Each chunk sums at most _CHUNK products, which stays a
+    small int, and only the fold of a chunk into the totals may allocate.
+    """
+    t0 = t00 = t01 = tx0 = tx1 = ti = tii = 0
+    p = v[base] - v_off
+    k = 0
+    while k < count:
+        end = k + _CHUNK if k + _CHUNK < count else count
+        c0 = c00 = c01 = cx0 = cx1 = ci = cii = 0
+        for j in range(k, end):
+            q = v[base + j + 1] - v_off
+            c = i[start + j] - i_off
+            c0 += p
+            c00 += p * p
+            c01 += p * q
+            cx0 += p * c
+            cx1 += q * c
+            ci += c
+            cii += c * c
+            p = q
+        t0 += c0
+        t00 += c00
+        t01 += c01
+        tx0 += cx0
+        tx1 += cx1
+        ti += ci
+        tii += cii
+        k = end
+    return t0, t00, t01, tx0, tx1, ti, tii

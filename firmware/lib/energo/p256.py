@@ -25,14 +25,17 @@ B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
 GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
 GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
 
-_COMB_ROWS = const(6)  # 63 table points (~8 KB of ints): 42 doublings + 43 additions per k*G
-_COMB_COLS = const(43)  # ceil(256 / _COMB_ROWS)
+# The comb's size trades RAM kept for RAM churned and time per signature (MicroPython 1.29,
+# garbage allocated by one signature / table bytes kept): 6 rows 212 KB / 4 KB, 7 rows 179 KB /
+# 8 KB, 8 rows 158 KB / 16 KB. Seven rows: 127 points, 36 doublings + 37 additions per k*G.
+_COMB_ROWS = const(7)
+_COMB_COLS = const(37)  # ceil(256 / _COMB_ROWS)
 _WINDOW_BITS = const(4)  # for k*Q with a variable Q (verification)
 
 # DER SubjectPublicKeyInfo prefix for an uncompressed P-256 key (id-ecPublicKey, prime256v1).
 SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
 
-_comb = None  # built on first use: list of affine (x, y) for comb indices 1..63
+_comb = None  # built on first use: affine x||y of comb indices 1.., 64 bytes each
 
 
 # --- field and group arithmetic -------------------------------------------------------------
@@ -45,15 +48,15 @@ def _double(pt):
     if not z1 or not y1:
         return (1, 1, 0)
     p = P
-    # dbl-2001-b, a = -3
+    # dbl-2001-b, a = -3; every operation on a 256-bit int makes a new ~80-byte object, so
+    # 4*beta is kept (not 8*beta rebuilt) and Z3 = 2*Y1*Z1 (not (Y1+Z1)^2 - gamma - delta).
     delta = z1 * z1 % p
     gamma = y1 * y1 % p
-    beta = x1 * gamma % p
+    beta4 = (x1 * gamma % p) << 2
     alpha = 3 * (x1 - delta) * (x1 + delta) % p
-    x3 = (alpha * alpha - 8 * beta) % p
-    z3 = ((y1 + z1) * (y1 + z1) - gamma - delta) % p
-    y3 = (alpha * (4 * beta - x3) - 8 * gamma * gamma) % p
-    return (x3, y3, z3)
+    x3 = (alpha * alpha - (beta4 << 1)) % p
+    y3 = (alpha * (beta4 - x3) - (gamma * gamma << 3)) % p
+    return (x3, y3, (y1 * z1 << 1) % p)
 
 
 def _add_affine(pt, x2, y2):
@@ -151,14 +154,22 @@ def _build_comb():
         while (1 << j) != low:
             j += 1
         table[i] = _add(table[i ^ low], rows[j])
-    return [None] + _batch_to_affine(table[1:])
+    # Packed as x||y, 64 bytes per entry 1..: as tuples of ints the same points took ~4 times
+    # the RAM (an int's digits are over-allocated after a modular reduction).
+    packed = bytearray(64 * ((1 << _COMB_ROWS) - 1))
+    at = 0
+    for x, y in _batch_to_affine(table[1:]):
+        packed[at : at + 32] = _bytes32(x)
+        packed[at + 32 : at + 64] = _bytes32(y)
+        at += 64
+    return bytes(packed)
 
 
 def _mul_base(k):
     """k*G for 0 < k < N, via the comb table; a constant number of additions."""
     global _comb
     if _comb is None:
-        _comb = _build_comb()
+        _comb = memoryview(_build_comb())
     comb = _comb
     cols = _COMB_COLS
     mask = (1 << cols) - 1
@@ -172,8 +183,8 @@ def _mul_base(k):
         for j in range(_COMB_ROWS - 1, -1, -1):
             idx = (idx << 1) | ((parts[j] >> col) & 1)
         if idx:
-            x2, y2 = comb[idx]
-            acc = _add_affine(acc, x2, y2)
+            at = (idx - 1) << 6
+            acc = _add_affine(acc, _int(comb[at : at + 32]), _int(comb[at + 32 : at + 64]))
         else:
             # Same work for a zero digit, so timing says less about the key.
             dummy = _add_affine(dummy, gx, gy)
@@ -340,13 +351,29 @@ def decode_signature(der):
     return r, s
 
 
-def hmac_sha256(key, msg):
-    """HMAC-SHA256 (RFC 2104) for keys of at most 64 bytes; MicroPython has no hmac module."""
+def hmac_sha256(key, msg, *more):
+    """HMAC-SHA256 (RFC 2104) of msg and any further parts, for keys of at most 64 bytes.
+
+    MicroPython has no hmac module. The pads are one bytearray xored in place and the parts are
+    fed to the hash one by one: RFC 6979 runs this a dozen times per signature, and joining
+    bytes or building lists each time was most of the garbage outside the point arithmetic.
+    """
     if len(key) > 64:
         raise ValueError("HMAC key longer than the SHA-256 block")
-    key = key + bytes(64 - len(key))
-    inner = hashlib.sha256(bytes([b ^ 0x36 for b in key]) + msg).digest()
-    return hashlib.sha256(bytes([b ^ 0x5C for b in key]) + inner).digest()
+    pad = bytearray(64)
+    pad[: len(key)] = key
+    for j in range(64):
+        pad[j] ^= 0x36
+    inner = hashlib.sha256(pad)
+    inner.update(msg)
+    for part in more:
+        inner.update(part)
+    digest = inner.digest()
+    for j in range(64):
+        pad[j] ^= 0x36 ^ 0x5C
+    outer = hashlib.sha256(pad)
+    outer.update(digest)
+    return outer.digest()
 
 
 def _nonces(d, digest):
@@ -355,16 +382,16 @@ def _nonces(d, digest):
     h = _bytes32(_int(digest) % N)
     v = b"\x01" * 32
     k = b"\x00" * 32
-    k = hmac_sha256(k, v + b"\x00" + x + h)
+    k = hmac_sha256(k, v, b"\x00", x, h)
     v = hmac_sha256(k, v)
-    k = hmac_sha256(k, v + b"\x01" + x + h)
+    k = hmac_sha256(k, v, b"\x01", x, h)
     v = hmac_sha256(k, v)
     while True:
         v = hmac_sha256(k, v)
         candidate = _int(v)
         if 0 < candidate < N:
             yield candidate
-        k = hmac_sha256(k, v + b"\x00")
+        k = hmac_sha256(k, v, b"\x00")
         v = hmac_sha256(k, v)
 
 

@@ -1,11 +1,12 @@
 # Where a meter's energy comes from: its own ADC front end (CT + VT), or an
 # external Eastron SDM meter over RS485, which is then the energy authority.
 # Both give the same thing to the role: monotonic import/export registers in
-# Wh and instantaneous values as integers.
+# Wh and instantaneous values as integers. The Modbus modules are imported only
+# by a board that has the bus: on an ADC meter they would be ~7 KB of code in RAM.
 import time
 from array import array
 
-from energo import metering, modbus, sdm
+from energo import metering
 
 # ESP32 ADC full-scale input in mV per attenuation (Espressif, nominal 1100 mV reference).
 _FULL_SCALE_MV = (1100, 1500, 2200, 3300)
@@ -94,6 +95,8 @@ class AdcSource:
         self.windows_bad = 0
         self._last_us = None
         self.authority = False  # our own registers are the authority, saved periodically
+        self.ready = False  # True after the first analysed window
+        self.faults = (OSError,)  # what sample() may raise that the role counts and survives
 
     def set_registers(self, import_wh, export_wh):
         self.metering.set_registers(import_wh, export_wh)
@@ -121,6 +124,7 @@ class AdcSource:
         if window is None:
             self.windows_bad += 1
             return self.metering.import_wh, self.metering.export_wh
+        self.ready = True
         inst = self.instant
         inst.voltage_mv = int(window.vrms * 1000)
         inst.current_ma = int(window.irms * 1000)
@@ -134,6 +138,8 @@ class ModbusSource:
     """Polls an Eastron SDM meter; its registers are the energy authority."""
 
     def __init__(self, board, machine, clock=time):
+        from energo import modbus, sdm
+
         cfg = board["modbus"]
         uart = machine.UART(cfg["uart"], baudrate=cfg["baudrate"], tx=cfg["tx"], rx=cfg["rx"],
                             timeout=0)
@@ -146,6 +152,9 @@ class ModbusSource:
         self.export_wh = 0
         self.went_backwards = 0
         self.authority = True
+        self.ready = False  # True after the first good poll: no record may carry a guess
+        self.faults = (OSError, modbus.ModbusError)
+        self._poll = sdm.poll
 
     def set_registers(self, import_wh, export_wh):
         self.import_wh = import_wh
@@ -153,7 +162,7 @@ class ModbusSource:
 
     def sample(self):
         """Poll the meter; ModbusError when it does not answer properly."""
-        r = sdm.poll(self.master, self.slave)
+        r = self._poll(self.master, self.slave)
         inst = self.instant
         inst.voltage_mv = r.voltage_mv
         inst.current_ma = r.current_ma
@@ -167,6 +176,7 @@ class ModbusSource:
         else:
             self.import_wh = r.import_wh
             self.export_wh = r.export_wh
+            self.ready = True
         return self.import_wh, self.export_wh
 
 
