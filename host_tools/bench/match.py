@@ -1,4 +1,14 @@
-"""Matching-engine throughput on a seeded ZI-C order stream, alone and with SQLite persistence."""
+"""Matching-engine throughput on a seeded ZI-C order stream, alone and settling on the ledger.
+
+Figures (one JSON object): `orders_per_s` is the engine over an in-memory port;
+`orders_per_s_with_ledger` is the same engine settling every fill as one atomic transfer of the
+real double-entry ledger on SQLite (`settlement.port.LedgerPort`), over the first
+`--ledger-orders` orders of the same stream, with `orders_per_s_engine_same_orders` as its
+baseline. `orders_per_s_with_trade_journal` keeps the old figure (engine + batched append-only
+trade journal). The `ledger_*` keys locate the ledger's cost: time per trade, SQL statements
+per trade, and the same trades with one commit per interval instead of one per trade (a
+diagnostic of what group commit would give; the service does not run that way).
+"""
 import os
 import random
 import tempfile
@@ -8,6 +18,8 @@ from host_tools.exchange.agents import draw_ask_price, draw_bid_price
 from host_tools.exchange.book import BUY, SELL, Exchange, ExchangeConfig
 from host_tools.exchange.port import MemoryPort
 from host_tools.exchange.store import PersistingPort, SqliteTradeStore
+
+TARGET_ORDERS_PER_S_WITH_LEDGER = 20_000
 
 NAME = "match"
 
@@ -25,17 +37,20 @@ def add_arguments(parser):
                         help="members; each acts once per interval, as the agents do")
     parser.add_argument("--seed", type=int, default=1, help="seed of the order stream")
     parser.add_argument("--batch", type=int, default=1_000,
-                        help="trades per SQLite transaction in the persisted run")
+                        help="trades per SQLite transaction in the trade-journal run")
+    parser.add_argument("--ledger-orders", type=int, default=50_000,
+                        help="orders (a prefix of the stream) in the runs on the real ledger")
 
 
 def _validate(args):
     from host_tools.cli import UsageError
 
     for name, low, high in (("orders", 1, 10_000_000), ("members", 2, 1_000_000),
-                            ("batch", 1, 1_000_000)):
+                            ("batch", 1, 1_000_000), ("ledger_orders", 1, 10_000_000)):
         value = getattr(args, name)
         if not low <= value <= high:
-            raise UsageError(f"--{name} must be within {low}..{high}, got {value}")
+            flag = name.replace("_", "-")
+            raise UsageError(f"--{flag} must be within {low}..{high}, got {value}")
 
 
 def make_stream(orders, members, seed):
@@ -79,7 +94,7 @@ def _new_port(names):
     return port
 
 
-def _run(exchange, stream, latencies=None, flush=None):
+def _run(exchange, stream, latencies=None, flush=None, interval_done=None):
     submit = exchange.submit
     close = exchange.close_interval
     current = stream[0][4]
@@ -90,6 +105,8 @@ def _run(exchange, stream, latencies=None, flush=None):
             close(current)
             if flush is not None:
                 flush()
+            if interval_done is not None:
+                interval_done()
             current = interval
         if latencies is None:
             trades += len(submit(member, side, qty_wh, price, interval).trades)
@@ -99,7 +116,121 @@ def _run(exchange, stream, latencies=None, flush=None):
             latencies.append(clock() - start)
     if flush is not None:
         flush()
+    if interval_done is not None:
+        interval_done()
     return trades
+
+
+class _TimedPort:
+    """LedgerPort with its time measured: fills (`settle_trade`, a write transaction each) and
+    the engine's reads (member, balance, cap: SELECTs on every order and every match)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.money_micro = inner.money_micro
+        self.settle_ns = 0
+        self.read_ns = 0
+        self.trades = 0
+        self.settle_statements = 0
+        self.counter = None
+
+    def _read(self, fn, member):
+        start = time.perf_counter_ns()
+        try:
+            return fn(member)
+        finally:
+            self.read_ns += time.perf_counter_ns() - start
+
+    def has_member(self, member):
+        return self._read(self.inner.has_member, member)
+
+    def balance_wh(self, member):
+        return self._read(self.inner.balance_wh, member)
+
+    def cap_wh(self, member):
+        return self._read(self.inner.cap_wh, member)
+
+    def settle_trade(self, trade):
+        before = self.counter["statements"] if self.counter else 0
+        start = time.perf_counter_ns()
+        try:
+            return self.inner.settle_trade(trade)
+        finally:
+            self.settle_ns += time.perf_counter_ns() - start
+            self.trades += 1
+            if self.counter:
+                self.settle_statements += self.counter["statements"] - before
+
+
+def _open_ledger(directory, names):
+    """A ledger whose members hold half their cap, like `_new_port`, built in one transaction."""
+    from host_tools.settlement.config import SettlementConfig
+    from host_tools.settlement.ledger import Ledger
+
+    # Caps of _CAP_WH: Bmax and TSL × quota both reach it; the TSL grants fit the fixed supply.
+    grant_tsl = 1_000_000_000 // (2 * len(names))
+    config = SettlementConfig(bmax_wh=_CAP_WH, tsl_new_member_grant=grant_tsl,
+                              quota_wh_per_tsl=-(-_CAP_WH // grant_tsl), storage_fee_ppm=0)
+    start_s = 1_800_000_000 - 1_800_000_000 % _INTERVAL_S
+    ledger = Ledger.open(f"sqlite:///{os.path.join(directory, 'ledger.sqlite')}", config=config,
+                         key_path=os.path.join(directory, "service-key.pem"),
+                         clock_ms=lambda: start_s * 1000)
+    with ledger.db.transaction():
+        for name in names:
+            ledger.add_member(name, at_s=start_s)
+    ledger.settle_interval(start_s, {name: (0, _CAP_WH // 2) for name in names})
+    return ledger, start_s + _INTERVAL_S
+
+
+def _count_statements(db):
+    """Count SQL statements through the adapter (plus BEGIN and COMMIT per transaction)."""
+    counter = {"statements": 0}
+    execute = db.execute
+
+    def counting(sql, params=()):
+        counter["statements"] += 1
+        return execute(sql, params)
+
+    db.execute = counting
+    return counter
+
+
+def _ledger_run(names, stream, config, group_commit):
+    """The engine on the real ledger; returns (seconds, trades, timed port, check ok)."""
+    from host_tools.settlement.port import LedgerPort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger, first_s = _open_ledger(tmp, names)
+        try:
+            shifted = [(m, side, q, p, first_s + interval) for m, side, q, p, interval in stream]
+            port = _TimedPort(LedgerPort(ledger))
+            port.counter = _count_statements(ledger.db)
+            exchange = Exchange(port, config, first_interval_start_s=first_s)
+            outer = None
+            if group_commit:
+                # Diagnostic only: one transaction per interval (a refused fill would roll back
+                # the interval's earlier fills, which is why the service commits per trade).
+                outer = [ledger.db.transaction()]
+                outer[0].__enter__()
+
+                def interval_done():
+                    outer[0].__exit__(None, None, None)
+                    outer[0] = ledger.db.transaction()
+                    outer[0].__enter__()
+            else:
+                interval_done = None
+            start = time.perf_counter()
+            trades = _run(exchange, shifted, interval_done=interval_done)
+            if outer is not None:
+                outer[0].__exit__(None, None, None)
+            seconds = time.perf_counter() - start
+            booked = ledger.db.one("SELECT COUNT(*) FROM transfers WHERE kind = 'trade'")[0]
+            if booked != trades or port.trades != trades:
+                raise RuntimeError(f"the ledger booked {booked} trades, the engine made {trades}")
+            check_ok = ledger.check().ok
+        finally:
+            ledger.close()
+    return seconds, trades, port, check_ok
 
 
 def _baseline(stream):
@@ -134,21 +265,53 @@ def run(args):
         port = PersistingPort(_new_port(names), store, batch_trades_max=args.batch)
         start = time.perf_counter()
         _run(Exchange(port, config), stream, flush=port.flush)
-        ledger_s = time.perf_counter() - start
+        journal_s = time.perf_counter() - start
         stored = store.count()
         store.close()
     if stored != trades:
         raise RuntimeError(f"persisted {stored} trades, engine made {trades}")
+
+    prefix = stream[:args.ledger_orders]
+    start = time.perf_counter()
+    prefix_trades = _run(Exchange(_new_port(names), config), prefix)
+    prefix_engine_s = time.perf_counter() - start
+    ledger_s, ledger_trades, timed, check_ok = _ledger_run(names, prefix, config,
+                                                           group_commit=False)
+    group_s, group_trades, group_timed, group_check_ok = _ledger_run(names, prefix, config,
+                                                                     group_commit=True)
+    if not (ledger_trades == group_trades == prefix_trades):
+        raise RuntimeError("the ledger runs traded differently from the engine alone")
+    if not (check_ok and group_check_ok):
+        raise RuntimeError("ledger check failed after the benchmark's trades")
+
     orders_per_s = len(stream) / engine_s
-    with_ledger_per_s = len(stream) / ledger_s
+    with_ledger_per_s = len(prefix) / ledger_s
+    per_trade = max(ledger_trades, 1)
+    us_per_trade = timed.settle_ns / per_trade / 1000
+    us_per_trade_group = group_timed.settle_ns / per_trade / 1000
     return {
         "orders": len(stream),
         "trades": trades,
         "orders_per_s": round(orders_per_s),
         "orders_per_s_with_ledger": round(with_ledger_per_s),
+        "target_orders_per_s_with_ledger": TARGET_ORDERS_PER_S_WITH_LEDGER,
+        "ledger_orders": len(prefix),
+        "ledger_trades": ledger_trades,
+        "orders_per_s_engine_same_orders": round(len(prefix) / prefix_engine_s),
+        "ledger_slowdown": round(ledger_s / prefix_engine_s, 3),
+        "ledger_share_of_run": round(timed.settle_ns / 1e9 / ledger_s, 4),
+        "ledger_read_share_of_run": round(timed.read_ns / 1e9 / ledger_s, 4),
+        "ledger_read_us_per_order": round(timed.read_ns / len(prefix) / 1000, 1),
+        "ledger_us_per_trade": round(us_per_trade, 1),
+        # + BEGIN IMMEDIATE and COMMIT, which the adapter runs outside `execute`.
+        "ledger_sql_statements_per_trade": round(timed.settle_statements / per_trade + 2, 1),
+        "ledger_us_per_trade_one_commit_per_interval": round(us_per_trade_group, 1),
+        "orders_per_s_with_ledger_one_commit_per_interval": round(len(prefix) / group_s),
+        "ledger_commit_share_of_trade": round(1 - us_per_trade_group / us_per_trade, 4)
+        if us_per_trade else 0.0,
+        "orders_per_s_with_trade_journal": round(len(stream) / journal_s),
         "match_us_p99": round(p99_ns / 1000, 2),
         "baseline_call_loop_per_s": round(baseline_per_s),
         "engine_share_of_baseline": round(orders_per_s / baseline_per_s, 4),
-        "ledger_slowdown": round(orders_per_s / with_ledger_per_s, 3),
-        "persistence": "sqlite trade journal (to be replaced by the ledger port)",
+        "persistence": "settlement ledger on SQLite (LedgerPort), one transaction per trade",
     }

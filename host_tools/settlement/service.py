@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.parse
 
+from host_tools.settlement import market as market_glue
 from host_tools.settlement.ingest import Ingest
 from host_tools.settlement.ledger import Ledger
 from host_tools.settlement.registry import Registry
@@ -57,7 +58,8 @@ class Service:
 
     def __init__(self, db_url, mqtt_url, community, key_path=None, mqtt_secret_path=None,
                  shared=False, batch_max=500, batch_wait_ms=50, grace_s=None,
-                 status_every_s=10.0, out=None, http_address=None, admin_token_path=None):
+                 status_every_s=10.0, out=None, http_address=None, admin_token_path=None,
+                 market=True, market_config=None):
         self.host, self.port = parse_mqtt_url(mqtt_url)
         if not 1 <= batch_max <= 10_000:
             raise ServiceError("batch_max must be between 1 and 10000")
@@ -83,6 +85,8 @@ class Service:
 
             self.admin_token = auth.load_or_create_admin_token(admin_token_path)
         self.db_url, self.key_path, self.grace_s = db_url, key_path, grace_s
+        # --- market wiring (host_tools.settlement.market): started in `run`, None when off.
+        self.market_enabled, self.market_config, self.market = market, market_config, None
         # Open once here so a bad URL or a foreign database fails at start-up, in the caller's
         # thread; `run` opens its own connection (database connections are per thread).
         self._open()
@@ -104,7 +108,12 @@ class Service:
             self.ledger.signing_key()  # created on first use; a foreign key is refused now
             self.registry = Registry(self.ledger)
             previous = getattr(self, "ingest", None)
-            self.ingest = Ingest(self.ledger, self.registry, self.community, grace_s=self.grace_s)
+            if self.market is None:
+                self.ingest = Ingest(self.ledger, self.registry, self.community,
+                                     grace_s=self.grace_s)
+            else:  # the market acts before each interval settles
+                self.ingest = market_glue.MarketIngest(self.ledger, self.registry, self.community,
+                                                       grace_s=self.grace_s, market=self.market)
             if previous is not None:  # counters are per process, not per connection
                 self.ingest.counts, self.ingest.rejected = previous.counts, previous.rejected
         except BaseException:
@@ -214,10 +223,20 @@ class Service:
 
     def run(self):
         """Run until `stop_event` is set (SIGINT/SIGTERM in the CLI); then close cleanly."""
-        self._open()
+        self._start_market()
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
         if self.http_address:
             self._start_http()
         self._connect()
+        if self.market is not None:
+            try:  # the retained price again, in case the broker lost it
+                self.market.publish_latest()
+            except Exception as exc:  # noqa: BLE001 - the next interval close publishes anyway
+                self._say(f"price not republished: {str(exc)[:200]}")
         next_status = time.monotonic() + self.status_every_s
         try:
             while not self.stop_event.is_set():
@@ -244,6 +263,9 @@ class Service:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+        if self.market is not None:
+            self.market.close()
+            self.market = None
         if self.ledger is not None:
             self.ledger.close()
 
@@ -297,8 +319,31 @@ class Service:
             self._http = api_server.make_server(
                 *self.http_address, self.ledger, registry=Registry, admin_token=self.admin_token,
                 mqtt_secret=self.mqtt_secret, health=self.health,
-                extra_metrics=self.metrics_text)
+                extra_metrics=self.metrics_text,
+                exchange=None if self.market is None else self.market.gate)
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
+
+    # --- market wiring ------------------------------------------------------------------------
+
+    def _start_market(self):
+        """The exchange, agents and price publishing on their own thread (see `market`)."""
+        if not self.market_enabled or self.market is not None:
+            return
+        self.market = market_glue.MarketWorker(self.db_url, self.community,
+                                               publish=self._publish_price,
+                                               config=self.market_config, key_path=self.key_path)
+
+    def _publish_price(self, topic, payload):
+        """Retained at QoS1; paho queues it while the broker connection is down."""
+        client = self.client
+        if client is None:
+            raise ServiceError("not connected to the broker yet")
+        import paho.mqtt.client as mqtt
+
+        info = client.publish(topic, payload, qos=market_glue.PRICE_QOS, retain=True)
+        # NO_CONN still queues a QoS1 message until the connection is back; a full queue drops.
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise ServiceError(f"price not queued for the broker (paho rc {info.rc})")
 
 
 class _MetricsServer(http.server.ThreadingHTTPServer):
