@@ -104,6 +104,13 @@ class Link:
             delay = delay // 2 + self.rand(delay // 2 + 1)  # jitter: 50-100 %
         self.next_try_ms = self.clock.ticks_add(self.clock.ticks_ms(), delay)
 
+    def _broken(self, kind):
+        """A socket operation failed: count it, drop the connection, back off."""
+        self.errors[kind] += 1
+        self._drop()
+        self._backoff()
+        return False
+
     def _drop(self):
         client = self.client
         self.client = None
@@ -138,11 +145,8 @@ class Link:
             client.subscribe(self.topic_ack, 1)
         except (OSError, IndexError, AssertionError, simple.MQTTException) as exc:
             # IndexError/AssertionError: umqtt.simple's reaction to a closed or odd reply.
-            self.errors["connect"] += 1
             self.last_error = "%s %s" % (type(exc).__name__, exc)
-            self._drop()
-            self._backoff()
-            return False
+            return self._broken("connect")
         self.failures = 0
         return True
 
@@ -153,10 +157,7 @@ class Link:
         try:
             self.client.publish(self.topic_rec, record, False, 1)
         except (OSError, IndexError, AssertionError):
-            self.errors["publish"] += 1
-            self._drop()
-            self._backoff()
-            return False
+            return self._broken("publish")
         return True
 
     def poll(self, messages_max=4):
@@ -168,10 +169,7 @@ class Link:
                 if self.client.check_msg() is None:
                     break
         except (OSError, IndexError, AssertionError):
-            self.errors["publish"] += 1
-            self._drop()
-            self._backoff()
-            return False
+            return self._broken("publish")
         return True
 
     def ping(self):
@@ -179,8 +177,7 @@ class Link:
             try:
                 self.client.ping()
             except OSError:
-                self._drop()
-                self._backoff()
+                self._broken("publish")
 
     def _on_message(self, topic, msg):
         if bytes(topic) != self.topic_ack.encode():
