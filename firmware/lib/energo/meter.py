@@ -25,7 +25,7 @@ FIRMWARE_VERSION = "0.1.0"
 _NTP_RETRY_MS = 600000
 _STATUS_EVERY_S = 600
 _BACKLOG_PER_S = 5  # records published per second while catching up
-_TASK_STALL_MS = 60000  # a task silent this long stops the watchdog feed
+_TASK_STALL_MS = 60000  # a task silent this long past its own period stops the watchdog feed
 _WDT_TIMEOUT_MS = 30000
 _SIG_HEAD = b'|{"SA":"' + ocmf.SA_P256.encode() + b'","SD":"'
 
@@ -92,14 +92,15 @@ class Meter:
                 "skipped": list(self.counter.skipped) if self.counter.skipped else None,
                 "backlog": self.outbox.count()}
 
-    def _mark(self, name):
-        self.alive[name] = time.ticks_ms()
+    def _mark(self, name, period_ms=0):
+        """Task `name` is alive; it promises to report again within period_ms + the margin."""
+        self.alive[name] = (time.ticks_ms(), period_ms + _TASK_STALL_MS)
 
     # --- tasks -----------------------------------------------------------------------------
 
     async def sample_task(self):
         while True:
-            self._mark("sample")
+            self._mark("sample", self.settings["sample_interval_ms"])
             try:
                 imp, exp = self.source.sample()
                 self.import_wh, self.export_wh = imp, exp
@@ -148,7 +149,7 @@ class Meter:
     async def record_task(self):
         interval_ms = self.settings["record_interval_s"] * 1000
         while True:
-            self._mark("record")
+            self._mark("record", self.settings["record_interval_s"] * 1000)
             now = wallclock.now_ms()
             await asyncio.sleep_ms(interval_ms - now % interval_ms)
             self.make_record()
@@ -224,7 +225,8 @@ class Meter:
             if beat % _STATUS_EVERY_S == 0:
                 print(self.status())
             now = time.ticks_ms()
-            stalled = [n for n, t in self.alive.items() if time.ticks_diff(now, t) > _TASK_STALL_MS]
+            stalled = [n for n, (t, limit) in self.alive.items()
+                       if time.ticks_diff(now, t) > limit]
             if not stalled and wdt is not None:
                 wdt.feed()
             await asyncio.sleep_ms(1000)

@@ -17,6 +17,8 @@ TOTAL_ENERGY = 0x0156  # kWh
 # Two block reads cover everything: 0x0000-0x001F and 0x0046-0x004B.
 _BLOCK_A = (0x0000, 0x20)
 _BLOCK_B = (0x0046, 6)
+_SDM120_READS = (VOLTAGE, CURRENT, ACTIVE_POWER, POWER_FACTOR, FREQUENCY, IMPORT_ENERGY,
+                 EXPORT_ENERGY)
 
 
 class Reading:
@@ -34,19 +36,35 @@ def _at(block, start, address):
     return modbus.float32_milli(block, 2 * (address - start))
 
 
-def poll(master, slave=1):
-    """A Reading from the meter at `slave`; ModbusError after the master's retries."""
-    a = master.read_registers(slave, _BLOCK_A[0], _BLOCK_A[1])
-    b = master.read_registers(slave, _BLOCK_B[0], _BLOCK_B[1])
+def poll(master, slave=1, model="sdm630"):
+    """A Reading from the meter at `slave`; ModbusError after the master's retries.
+
+    An SDM630 answers the two block reads; an SDM120 has only the single-phase registers and
+    refuses a block that spans the three-phase ones, so it is read register by register.
+    """
     r = Reading()
-    r.voltage_mv = _at(a, 0, VOLTAGE)
-    r.current_ma = _at(a, 0, CURRENT)
-    r.power_mw = _at(a, 0, ACTIVE_POWER)
-    r.pf_milli = _at(a, 0, POWER_FACTOR)
-    r.frequency_mhz = _at(b, _BLOCK_B[0], FREQUENCY)
+    if model == "sdm120":
+        values = {}
+        for address in _SDM120_READS:
+            values[address] = modbus.float32_milli(master.read_registers(slave, address, 2))
+        get = values.__getitem__
+    else:
+        a = master.read_registers(slave, _BLOCK_A[0], _BLOCK_A[1])
+        b = master.read_registers(slave, _BLOCK_B[0], _BLOCK_B[1])
+
+        def get(address):
+            if address < _BLOCK_B[0]:
+                return _at(a, 0, address)
+            return _at(b, _BLOCK_B[0], address)
+
+    r.voltage_mv = get(VOLTAGE)
+    r.current_ma = get(CURRENT)
+    r.power_mw = get(ACTIVE_POWER)
+    r.pf_milli = get(POWER_FACTOR)
+    r.frequency_mhz = get(FREQUENCY)
     # kWh * 1000 = Wh, exact and rounded from the float32 register
-    r.import_wh = _at(b, _BLOCK_B[0], IMPORT_ENERGY)
-    r.export_wh = _at(b, _BLOCK_B[0], EXPORT_ENERGY)
+    r.import_wh = get(IMPORT_ENERGY)
+    r.export_wh = get(EXPORT_ENERGY)
     if r.import_wh < 0 or r.export_wh < 0:
         raise modbus.ModbusFrameError("negative energy register")
     return r

@@ -147,6 +147,7 @@ class ModbusSource:
         self.master = modbus.RtuMaster(uart, cfg["baudrate"], de, cfg.get("timeout_ms", 200),
                                        clock=clock)
         self.slave = cfg["slave"]
+        self.model = board.get("meter", "sdm630")
         self.instant = Instant()
         self.import_wh = 0
         self.export_wh = 0
@@ -162,7 +163,7 @@ class ModbusSource:
 
     def sample(self):
         """Poll the meter; ModbusError when it does not answer properly."""
-        r = self._poll(self.master, self.slave)
+        r = self._poll(self.master, self.slave, self.model)
         inst = self.instant
         inst.voltage_mv = r.voltage_mv
         inst.current_ma = r.current_ma
