@@ -82,6 +82,75 @@ def check_invariants(exchange, port, orders, trades, minted_wh, initial_wh):
         assert prices == sorted(prices)
 
 
+def snapshot(exchange, port, interval_start_s):
+    """The book side and balances an incoming order will meet, copied: the engine mutates orders
+    in place, and the walk must be judged against the state it started from."""
+    bids, asks = exchange.resting_orders(interval_start_s)
+    copy = lambda orders: [(o.order_id, o.member, o.price_micro_per_kwh, o.remaining_wh)  # noqa: E731
+                           for o in orders]
+    balances = {m: port.balance_wh(m) for m in MEMBERS}
+    return copy(bids), copy(asks), balances
+
+
+def expected_walk(side, qty_wh, limit, member, before):
+    """The fills an incoming order must make on arrival, in order, per ECONOMICS §4 and the engine's
+    documented rules: the opposite side in price-time priority within the limit, where an ask whose
+    seller holds nothing is skipped by a buy (it keeps its place), a bid whose buyer has no cap room
+    is skipped by a sell, the walk stops when the incoming member runs out of room (buy) or cover
+    (sell), and meeting the member's own order cancels the incoming remainder (self-trade
+    prevention). Each fill is min(both remainders, seller's balance, buyer's room) at that moment.
+
+    Only the walk: trades that the balance re-check afterwards runs for other resting orders (one
+    of them may be a fill of this order, now resting, against an ask that just gained cover) are
+    a separate step with their own invariants (`check_invariants`).
+    """
+    bids, asks, balances = before
+    balances = dict(balances)
+    is_buy = side == BUY
+    fills = []
+    for order_id, other, price, other_wh in asks if is_buy else bids:
+        if not qty_wh or (price > limit if is_buy else price < limit) or other == member:
+            break
+        buyer, seller = (member, other) if is_buy else (other, member)
+        room_wh = CAP_WH - balances[buyer]
+        cover_wh = balances[seller]
+        if room_wh <= 0:
+            if is_buy:
+                break
+            continue
+        if cover_wh <= 0:
+            if is_buy:
+                continue
+            break
+        fill_wh = min(qty_wh, other_wh, room_wh, cover_wh)
+        fills.append((order_id, fill_wh, price))
+        qty_wh -= fill_wh
+        balances[buyer] += fill_wh
+        balances[seller] -= fill_wh
+    return fills
+
+
+def check_walk(ack, side, limit, member, before):
+    """The arrival fills of this order are the first `filled_wh` worth of its trades (the engine
+    walks the book before it re-checks anyone's resting orders), and they follow `expected_walk`."""
+    walk = []
+    walked_wh = 0
+    for trade in ack.trades:
+        if walked_wh == ack.filled_wh:
+            break
+        mine = trade.buy_order_id if side == BUY else trade.sell_order_id
+        assert mine == ack.order_id, (trade, "a walk fill of another order")
+        other = trade.sell_order_id if side == BUY else trade.buy_order_id
+        walk.append((other, trade.qty_wh, trade.price_micro_per_kwh))
+        walked_wh += trade.qty_wh
+    assert walked_wh == ack.filled_wh
+    # Price priority, as the original property put it: a buy's fills get dearer, a sell's cheaper.
+    prices = [price for _, _, price in walk]
+    assert prices == sorted(prices, reverse=side == SELL)
+    # Then exactly which orders and how much each.
+    assert walk == expected_walk(side, ack.order.qty_wh, limit, member, before)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(balance_wh, min_size=4, max_size=4), operations)
 def test_random_streams_keep_every_invariant(balances, ops):
@@ -96,6 +165,7 @@ def test_random_streams_keep_every_invariant(balances, ops):
     for kind, member, side, qty_wh, price, ahead, gtc, flag, delta_wh in ops:
         if kind == "submit":
             immediate = side == BUY and flag == 0
+            before = snapshot(exchange, port, exchange.open_from_s + ahead * STEP_S)
             try:
                 ack = exchange.submit(member, side, qty_wh, price,
                                       exchange.open_from_s + ahead * STEP_S,
@@ -107,9 +177,7 @@ def test_random_streams_keep_every_invariant(balances, ops):
             orders[ack.order_id] = ack.order
             if not ack.duplicate:
                 trades.extend(ack.trades)
-                own = [t for t in ack.trades if ack.order_id in (t.buy_order_id, t.sell_order_id)]
-                prices = [t.price_micro_per_kwh for t in own]
-                assert prices == sorted(prices, reverse=side == SELL)
+                check_walk(ack, side, price, member, before)
         elif kind == "cancel":
             ids = sorted(orders)
             if not ids:
@@ -184,3 +252,44 @@ def test_plain_streams_match_the_reference_model_exactly(stream):
         bids, asks = exchange.resting_orders(0)
         assert sorted((o.order_id, o.remaining_wh) for o in bids + asks) == sorted(
             (o[0], o[4]) for o in model_book)
+
+
+def test_a_fill_after_the_walk_is_not_a_price_priority_breach():
+    """Regression, shrunk by hand from a CI failure of the property above: a buy walks a covered
+    ask at 0.01, skips the same ask's uncovered remainder, takes a dearer ask at 0.02 and rests.
+    The re-check after those trades then gives the cheap ask's seller energy (their own resting bid
+    fills), the remainder becomes covered and fills the now-resting buy at 0.01. That third fill
+    of the buy is not part of its arrival walk, so [0.01, 0.02, 0.01] over the order's whole life
+    is correct; the walk itself must still be exactly [0.01, 0.02]."""
+    port = MemoryPort()
+    for member in MEMBERS:
+        port.add_member(member, cap_wh=CAP_WH, balance_wh=1_000)
+    exchange = Exchange(port, ExchangeConfig(interval_s=STEP_S, qty_wh_max=CAP_WH))
+    now_s = exchange.open_from_s
+    next_s = now_s + STEP_S
+    b_bid = exchange.submit("b", BUY, 1_000, 10_000, now_s)
+    a_bid = exchange.submit("a", BUY, 1, 10_000, now_s)
+    a_ask = exchange.submit("a", SELL, 1_001, 10_000, next_s)
+    b_ask = exchange.submit("b", SELL, 1, 20_000, next_s)
+    # c sells everything it has to b; a's bid is skipped for lack of c's cover and c's ask rests.
+    c_ask = exchange.submit("c", SELL, 1_001, 10_000, now_s)
+    assert [(t.buy_order_id, t.qty_wh) for t in c_ask.trades] == [(b_bid.order_id, 1_000)]
+    assert port.balance_wh("c") == 0 and c_ask.remaining_wh == 1
+
+    before = snapshot(exchange, port, next_s)
+    ack = exchange.submit("c", BUY, 1_002, 20_000, next_s)
+    got = [(t.buy_order_id, t.sell_order_id, t.qty_wh, t.price_micro_per_kwh, t.maker_order_id)
+           for t in ack.trades]
+    assert got == [
+        # The walk: a's covered 1000 Wh, then (a's last Wh uncovered, skipped) b's ask.
+        (ack.order_id, a_ask.order_id, 1_000, 10_000, a_ask.order_id),
+        (ack.order_id, b_ask.order_id, 1, 20_000, b_ask.order_id),
+        # The re-check: c now holds energy, so its resting ask fills a's parked bid ...
+        (a_bid.order_id, c_ask.order_id, 1, 10_000, a_bid.order_id),
+        # ... which covers a's last Wh, which fills c's resting buy at a's (older) price.
+        (ack.order_id, a_ask.order_id, 1, 10_000, a_ask.order_id),
+    ]
+    assert ack.filled_wh == 1_001
+    check_walk(ack, BUY, 20_000, "c", before)
+    assert ack.order.remaining_wh == 0
+    assert port.total_wh() == 4_000 and port.total_money_micro() == 0
