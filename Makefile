@@ -20,7 +20,7 @@ $(NODE_STAMP): package.json package-lock.json
 	touch $@
 
 run: setup
-	$(BIN)/energo demo
+	$(BIN)/energo sim community
 
 test: setup lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

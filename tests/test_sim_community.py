@@ -1,0 +1,165 @@
+"""`energo sim community`: the plan from the seed, option checks, and a short community run end
+to end (emulated meters with the real firmware, the embedded broker, `energo settle`) whose
+settled energy must match the world's ground truth and whose ledger must hold its invariants."""
+import json
+import sqlite3
+
+import pytest
+
+from host_tools.cli import main
+from host_tools.sim import community, summary
+
+
+def test_plan_follows_the_seed():
+    plan = community.plan_households(12, 1)
+    assert plan == community.plan_households(12, 1)
+    assert plan != community.plan_households(12, 2)
+    meters = [house["meter"] for house in plan]
+    assert meters.count("CT") == 4 and meters.count("SDM630") == 8
+    assert sum(1 for house in plan if house["pv_kwp"] > 0) == 6
+    owners = [house for house in plan if house["storage_capacity_wh"]]
+    assert len(owners) == 1 and "battery" in owners[0]["site"]
+    assert len({house["world_seed"] for house in plan}) == 12
+    assert len({house["member"] for house in plan}) == 12
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"households": 0}, "households"),
+    ({"households": community.HOUSEHOLDS_MAX + 1}, "households"),
+    ({"hours": 0.1}, "hours"),
+    ({"hours": float("nan")}, "hours"),
+    ({"start_hour": 24}, "start_hour"),
+    ({"speed": 0}, "speed"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 1.5}, "seed"),
+    ({"record_interval_s": 300}, "record_interval_s"),
+    ({"sample_interval_ms": 61_000}, "sample_interval_ms"),
+    ({"record_interval_s": 20, "sample_interval_ms": 30_000}, "must not exceed"),
+    ({"ct_sample_interval_ms": 500}, "ct_sample_interval_ms"),
+    ({"broker_url": "tcp://x:1"}, "mqtt://"),
+    ({"broker_url": "mqtt://h:1", "mosquitto": True}, "not both"),
+    ({"db_url": "mysql://x/y"}, "sqlite:///"),
+])
+def test_bad_options_are_refused(change, message):
+    with pytest.raises(community.SimError, match=message):
+        community.Options(**change).check()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--households", "0"], "--households must be from 1"),
+    (["--hours", "abc"], "--hours must be a number"),
+    (["--speed", "0"], "--speed must be from 1"),
+    (["--broker", "mqtt://h:1", "--mosquitto"], "not allowed with"),
+    (["--record-interval-s", "600"], "--record-interval-s must be from 15"),
+])
+def test_cli_refuses_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sim", "community", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--broker", "http://h:1"], "broker URL must look like mqtt://"),
+    (["--db", "mysql://x/y"], "database URL must be"),
+])
+def test_cli_refuses_bad_urls_in_one_line(argv, message, tmp_path, capsys):
+    assert main(["sim", "community", "--out", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir()), "nothing was started or written"
+
+
+def test_cli_without_a_kind_is_a_usage_error(capsys):
+    assert main(["sim"]) == 2
+    assert "choose a simulation" in capsys.readouterr().err
+
+
+def test_a_non_empty_ledger_is_refused(tmp_path):
+    from host_tools.settlement.ledger import Ledger
+
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    ledger = Ledger.open(url, key_path=str(tmp_path / "k.pem"))
+    ledger.add_member("someone")
+    ledger.close()
+    options = community.Options(households=1, hours=0.25, db_url=url,
+                                out_dir=str(tmp_path / "out"), report=False)
+    run = community.CommunityRun(options)
+    run.key_path = str(tmp_path / "k.pem")
+    run.db_url = url
+    with pytest.raises(community.SimError, match="already has members"):
+        run._check_ledger_empty()
+    with pytest.raises(community.SimError, match="already has members"):
+        run._prepare_ledger()
+
+
+def test_a_short_community_run_settles_the_world_exactly_once(tmp_path, capsys):
+    out = tmp_path / "community"
+    status = main(["sim", "community", "--households", "3", "--hours", "1", "--start-hour", "0",
+                   "--speed", "720",
+                   "--seed", "5", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert status == 0, printed[-3000:]
+    result = json.loads((out / "summary.json").read_text())
+    energy = result["energy"]
+    # The meters measured a real night (a household with a battery may import nothing).
+    assert energy["consumed_true_wh"] > 300
+    assert abs(energy["consumed_wh"] - energy["consumed_true_wh"]) \
+        <= 0.01 * energy["consumed_true_wh"], energy
+    for row in result["households"]:
+        assert row["records_settled"] >= 55, row
+        assert abs(row["import_wh"] - row["true_import_wh"]) <= 0.01 * row["true_import_wh"] + 3
+        assert abs(row["export_wh"] - row["true_export_wh"]) <= 0.01 * row["true_export_wh"] + 3
+    assert result["invariants"]["ok"] and result["invariants"]["checkpoints_ok"]
+    assert result["records"]["rejected"] == {} and result["records"]["pending"] == 0
+    assert result["ledger"]["intervals_closed"] >= 3
+    assert result["last_checkpoint"]["merkle_root"]
+    # Every record settled once: per device, counters 1..n with no gap and no repeat, and the
+    # ledger's mint/burn/grid amounts add up to what the closed intervals report.
+    db = sqlite3.connect(out / "ledger.db")
+    try:
+        for (device_id,) in db.execute("SELECT device_id FROM devices"):
+            counters = [row[0] for row in db.execute(
+                "SELECT counter FROM ingest_records WHERE device_id = ? AND state = 'settled' "
+                "ORDER BY counter", (device_id,))]
+            assert counters == list(range(1, len(counters) + 1)), device_id
+        settled = db.execute("SELECT COUNT(*) FROM ingest_records WHERE state = 'settled'")
+        assert settled.fetchone()[0] == result["records"]["settled"]
+    finally:
+        db.close()
+    assert result["ledger"]["burned_wh"] + result["ledger"]["shortfall_wh"] <= \
+        energy["consumed_wh"]
+    assert "ledger invariants" in printed and "hold; checkpoints verify" in printed
+    assert "HTTP API: http://127.0.0.1:" in printed
+    assert summary.format_table(result) in printed
+    # The report: HTML naming its plots, each a real PNG.
+    page = (out / "report.html").read_text()
+    for name in ("power.png", "grid.png", "balances.png", "flows.png"):
+        assert f'src="{name}"' in page
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(result["series"]) == {row["member"] for row in result["households"]}
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.mosquitto
+def test_a_community_run_on_postgresql_and_mosquitto(tmp_path, postgres_url, capsys):
+    """The production pairing: ledger on PostgreSQL, Mosquitto with the generated passwords
+    and ACL; the same summary checks as on SQLite with the embedded broker."""
+    from tests.conftest import need
+    from tests.support import services
+
+    need(services.mosquitto_binary() is not None, "mosquitto is not installed")
+    out = tmp_path / "community"
+    status = main(["sim", "community", "--households", "4", "--hours", "0.5", "--start-hour",
+                   "11", "--db", postgres_url, "--mosquitto", "--out", str(out), "--no-report"])
+    printed = capsys.readouterr().out
+    assert status == 0, printed[-3000:]
+    result = json.loads((out / "summary.json").read_text())
+    energy = result["energy"]
+    for key in ("consumed", "produced"):
+        assert abs(energy[f"{key}_wh"] - energy[f"{key}_true_wh"]) \
+            <= 0.01 * energy[f"{key}_true_wh"] + 5, energy
+    assert energy["produced_wh"] > 0, "midday: the PV household exports"
+    assert result["invariants"]["ok"] and result["invariants"]["checkpoints_ok"]
+    assert result["records"]["rejected"] == {} and result["records"]["settled"] >= 50
