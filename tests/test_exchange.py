@@ -438,3 +438,21 @@ def test_ledger_refusal_during_matching_keeps_book_and_ledger_in_step():
     assert exchange.order(second.order_id).remaining_wh == 100
     assert exchange.quote(T0) == (None, 100_000)
     assert exchange.open_orders("b") == []
+
+
+def test_a_pristine_exchange_can_be_rebased_once_used_not():
+    from host_tools.exchange.book import Exchange, ExchangeConfig
+    from host_tools.exchange.port import MemoryPort
+
+    port = MemoryPort()
+    port.add_member("a", balance_wh=1000, cap_wh=5000)
+    ex = Exchange(port, ExchangeConfig(interval_s=900), first_interval_start_s=900 * 1000)
+    assert ex.pristine
+    ex.rebase(900 * 10)
+    assert ex.open_from_s == 900 * 10
+    with pytest.raises(ValueError):
+        ex.rebase(901)
+    ex.submit("a", "sell", 100, 50_000, 900 * 10)
+    assert not ex.pristine
+    with pytest.raises(ValueError, match="never been used"):
+        ex.rebase(900 * 20)

@@ -240,9 +240,30 @@ class Exchange:
         self._client_ids = {}
         self._open_count = 0
         self._next_order_id = first_order_id
+        self._first_order_id = first_order_id
         self._next_trade_id = first_trade_id
         self._reference = {}
         self._last_price = self.config.initial_price_micro_per_kwh
+
+    @property
+    def pristine(self):
+        """True while the exchange has never accepted an order nor closed an interval."""
+        return self._next_order_id == self._first_order_id and not self._reference
+
+    def rebase(self, first_interval_start_s):
+        """Start a pristine exchange at another interval.
+
+        A service started before any metered data arrived cannot know which interval its
+        community's event time is in (a simulation, a replay); the first interval it closes
+        tells it. Refused once the exchange has been used.
+        """
+        if not self.pristine:
+            raise ValueError("only an exchange that has never been used can be rebased")
+        if not _int(first_interval_start_s) or first_interval_start_s % self.config.interval_s:
+            raise ValueError("first_interval_start_s must be an integer aligned to interval_s")
+        self._open_from_s = first_interval_start_s
+        self._open_until_s = first_interval_start_s + (
+            self.config.intervals_ahead_max * self.config.interval_s)
 
     # ----------------------------------------------------------------- queries
 

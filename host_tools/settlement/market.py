@@ -287,6 +287,10 @@ class Market:
             return dict(stored, replayed=True, agent_trades=0)
         exchange = self.exchange
         step = self.interval_s
+        if interval_start_s < exchange.open_from_s and exchange.pristine:
+            # The service started before any data and guessed its first interval from the wall
+            # clock; event time says otherwise, and nobody has traded yet: start the book here.
+            exchange.rebase(interval_start_s)
         if interval_start_s < exchange.open_from_s:
             # Before this book's first interval (a service that started behind event time): no
             # order could exist for it, so its price is the carried one.
