@@ -262,13 +262,18 @@ def test_an_interval_before_the_book_opened_gets_the_carried_price(tmp_path):
     market = Market(ledger, "demo", config=MarketConfig(
         exchange=ExchangeConfig(initial_price_micro_per_kwh=111_000)))
     assert market.exchange.open_from_s == T0_S + STEP_S
+    # Nobody has used the book: event time moves its start back to the first closed interval.
     row = market.close_interval(T0_S - STEP_S)
     assert (row["price_micro_per_kwh"], row["carried"]) == (111_000, True)
+    assert market.exchange.open_from_s == T0_S
     # A gap of several intervals is closed in one go, each recorded.
     market.close_interval(T0_S + 4 * STEP_S)
     assert [r["interval_start_s"] for r in reference_prices(ledger.db)] == [
-        T0_S + n * STEP_S for n in (4, 3, 2, 1, -1)]
+        T0_S + n * STEP_S for n in (4, 3, 2, 1, 0, -1)]
     assert latest_reference_price(ledger.db)["interval_start_s"] == T0_S + 4 * STEP_S
+    # Once used, the book keeps its place: an earlier interval only gets the carried price.
+    row = market.close_interval(T0_S - 3 * STEP_S)
+    assert row["carried"] is True and market.exchange.open_from_s == T0_S + 5 * STEP_S
     ledger.close()
 
 
