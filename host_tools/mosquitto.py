@@ -20,10 +20,11 @@ class Mosquitto:
     """`with Mosquitto() as m:` runs `mosquitto -c` with an anonymous loopback listener
     (plus `extra_config` lines) and stops it on exit. `m.port`, `m.url`."""
 
-    def __init__(self, extra_config="", port=None):
+    def __init__(self, extra_config="", port=None, queued_max=100000):
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.extra_config = extra_config
+        self.queued_max = queued_max
         self._dir = None
         self._proc = None
 
@@ -39,7 +40,7 @@ class Mosquitto:
         conf = f"{self._dir.name}/mosquitto.conf"
         with open(conf, "w") as f:
             f.write(f"listener {self.port} {self.host}\nallow_anonymous true\n"
-                    f"persistence false\nmax_queued_messages 100000\n{self.extra_config}")
+                    f"persistence false\nmax_queued_messages {self.queued_max}\n{self.extra_config}")
         self._log = open(f"{self._dir.name}/mosquitto.log", "wb")
         self._proc = subprocess.Popen([exe, "-c", conf], stdout=self._log,
                                       stderr=subprocess.STDOUT)

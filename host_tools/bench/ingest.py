@@ -4,7 +4,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -88,33 +87,15 @@ def add_arguments(parser):
                              "ordinary worker skew into corrections)")
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _start_mosquitto():
+    from host_tools.mosquitto import Mosquitto
 
-
-def _start_mosquitto(workdir):
-    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
-                                           if os.path.exists("/usr/sbin/mosquitto") else None)
-    if binary is None:
-        raise UsageError("mosquitto is not installed")
-    port = _free_port()
-    conf = os.path.join(workdir, "mosquitto.conf")
-    with open(conf, "w") as fh:
-        fh.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                 "max_queued_messages 1000000\nmax_inflight_messages 0\n")
-    proc = subprocess.Popen([binary, "-c", conf], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise UsageError("mosquitto did not start")
+    # A burst of ~20 000 QoS1 messages: no inflight limit, a deep queue.
+    broker = Mosquitto(extra_config="max_inflight_messages 0\n", queued_max=1000000)
+    try:
+        return broker.__enter__()
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _make_records(devices, total, interval_s=900):
@@ -222,7 +203,8 @@ def _run(args, workdir):
     _enroll_all(url, key_path, devices)
     records = _make_records(devices, args.records)
     verify_only_per_s = _verify_only_per_s(url, key_path, records)
-    mosquitto, port = _start_mosquitto(workdir)
+    mosquitto = _start_mosquitto()
+    port = mosquitto.port
     log_path = os.path.join(workdir, "settle.log")
     log = open(log_path, "wb")
     service = subprocess.Popen(
@@ -269,8 +251,7 @@ def _run(args, workdir):
             service.kill()
             service.wait()
         log.close()
-        mosquitto.terminate()
-        mosquitto.wait(5)
+        mosquitto.__exit__(None, None, None)
     with open(log_path, "rb") as fh:
         stopped = [line.split("stopping; ", 1)[1] for line in fh.read().decode().splitlines()
                    if "stopping; " in line]

@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 
+from host_tools.mosquitto import free_port
 from host_tools.sim import boards, processes
 
 DAY_START_UTC = "2026-06-21T00:00:00Z"  # midsummer: PV matters; fixed so runs are reproducible
@@ -361,7 +362,7 @@ class CommunityRun:
         if self.options.broker_url is not None:
             yield self.options.broker_url
             return
-        port = processes.free_port()
+        port = free_port()
         if self.options.mosquitto:
             from host_tools import mosquitto
 
@@ -386,7 +387,7 @@ class CommunityRun:
     @contextlib.contextmanager
     def _service(self, broker_url):
         """`energo settle` with its HTTP API; yields a `ServiceProbe` on its metrics."""
-        http_port = processes.free_port()
+        http_port = free_port()
         command = processes.energo("settle", "--db", self.db_url, "--mqtt", broker_url,
                           "--community", COMMUNITY, "--key", self.key_path,
                           "--mqtt-secret", self.secret_path, "--http", f"127.0.0.1:{http_port}",

@@ -15,12 +15,6 @@ class ProcessError(ValueError):
     """A helper process did not start or died; the message carries its last log line."""
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 
 def energo(*args):
     """The command line of an `energo` subcommand run by this interpreter."""

@@ -1,17 +1,16 @@
 """Real services for tests: a private Mosquitto per test, scratch PostgreSQL databases."""
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import time
 import uuid
 
+from host_tools import mosquitto
+from host_tools.mosquitto import free_port
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["Mosquitto", "free_port", "mosquitto_binary", "postgres_admin_url",
+           "postgres_reachable", "scratch_database", "wait_for_port"]
 
 
 def wait_for_port(host, port, timeout_s=10.0):
@@ -26,9 +25,7 @@ def wait_for_port(host, port, timeout_s=10.0):
 
 
 def mosquitto_binary():
-    return shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
-    )
+    return mosquitto.binary()
 
 
 class Mosquitto:
@@ -41,7 +38,7 @@ class Mosquitto:
     def __init__(self, workdir, extra_config="", conf_path=None, port=None):
         self.workdir = workdir
         self.host = "127.0.0.1"
-        self.port = port or free_port()
+        self.port = port or mosquitto.free_port()
         self.extra_config = extra_config
         self.conf_path = conf_path
         self.proc = None
