@@ -186,6 +186,8 @@ class Meter:
             print("clock: set from NTP", self.settings["ntp_host"])
 
     def _publish_backlog(self):
+        if self.outbox.last_counter() <= self.sent_counter:
+            return  # nothing new: no flash read (this runs five times a second)
         pending = self.sent_counter - self.outbox.acked() + 1
         for counter, record in self.outbox.peek(max(1, pending)):
             if counter <= self.sent_counter:
