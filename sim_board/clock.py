@@ -19,6 +19,12 @@ RTC_POWER_ON_EPOCH_S = 946_684_800
 # Longest real wait in one piece: bounds how late a Ctrl-C or an injected fault is noticed while
 # a board waits on a socket (other waits are woken at once).
 _SLICE_S = 0.1
+# How far a board may run ahead of `wall x speed` in a short sleep without really sleeping.
+# A sampling loop sleeps ~2 ms between conversions; waking a thread 500 times a second per
+# board costs more than the firmware's own work, so short sleeps are paid in one real wait
+# once the lead is used up. Anything a peer can see (a socket or UART write) first pays the
+# lead back (`catch_up`), so peers never see a board early.
+LEAD_NS = 20_000_000
 
 
 class VirtualClock:
@@ -44,6 +50,7 @@ class VirtualClock:
         self.on_advance = None
         self.next_deadline_ns = None
         self._waiting_until_ns = None
+        self.lead_ns = LEAD_NS
 
     # ----- reading -----
     def now_ns(self):
@@ -153,8 +160,37 @@ class VirtualClock:
         """Wake a plain wait early (Ctrl-C, power cut from another thread)."""
         self._wake.set()
 
+    def _projected_ns(self):
+        return self._anchor_ns + (self._wall() - self._anchor_wall_s) * self.speed * 1e9
+
+    def catch_up(self):
+        """Really wait until the wall (x speed) has caught up with a board that ran ahead.
+
+        Called before anything a peer can observe, so that a short sleep taken early (see
+        `sleep`) never makes the board act early in real time.
+        """
+        if self._now_ns > self._projected_ns():
+            ahead_s = (self._now_ns - self._projected_ns()) / 1e9 / self.speed
+            self._waiting_until_ns = self._now_ns
+            try:
+                self._plain_wait(ahead_s)
+            finally:
+                self._waiting_until_ns = None
+            self._set_now(self._now_ns)  # an interrupt (power cut, Ctrl-C) is seen here
+
     def sleep(self, seconds):
-        """Sleep `seconds` virtual seconds; an interrupt ends it early via `on_advance`."""
+        """Sleep `seconds` virtual seconds; an interrupt ends it early via `on_advance`.
+
+        A short sleep that keeps the board within `lead_ns` of its schedule and crosses no
+        deadline (timer, watchdog, timed fault) advances virtual time at once; the lead is
+        paid back by the next real wait or by `catch_up`.
+        """
         target_ns = self._now_ns + math.ceil(max(0, seconds) * 1e9)
+        if target_ns - self._now_ns <= self.lead_ns:
+            deadline_ns = self.next_deadline_ns() if self.next_deadline_ns else None
+            if ((deadline_ns is None or deadline_ns > target_ns)
+                    and target_ns <= self._projected_ns() + self.lead_ns):
+                self._set_now(target_ns)
+                return
         while self._now_ns < target_ns:
             self.wait((target_ns - self._now_ns) / 1e9)

@@ -4,8 +4,13 @@ Every board runs the unmodified meter firmware (the CT board: ADC sampling windo
 record a minute, MQTT to a real Mosquitto) against its own simulated household. The fleet
 size doubles until boards fall behind real time, then is bisected; `boards_realtime` is the
 largest size that kept up. The baseline is one board alone, measured in the same run.
+
+A fleet is split over `--processes` worker processes (default: one per core), as
+`python -m sim_board fleet` would be run once per core on a real test rig: the boards of one
+process share its interpreter lock, so one process can use one core at most.
 """
 import json
+import multiprocessing
 import os
 import resource
 import shutil
@@ -26,6 +31,8 @@ def add_arguments(parser):
     parser.add_argument("--seconds", type=float, default=12.0,
                         help="measured wall seconds per fleet size, after warm-up (default 12)")
     parser.add_argument("--speed", type=float, default=1.0, help="virtual speed (default 1)")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="worker processes a fleet is split over (default: one per core)")
 
 
 def _cpu_s():
@@ -56,12 +63,32 @@ def _template(tmp, port):
     return flash, board
 
 
-def _measure(count, speed, seconds, tmp, template, board_cfg):
+def _measure(count, speed, seconds, tmp, template, board_cfg, processes=1):
+    """Run `count` boards split over `processes` workers; one figure for the whole fleet."""
+    if processes <= 1 or count < 2:
+        result = _measure_part(range(count), count, speed, seconds, tmp, template, board_cfg)
+        del result["cpu_s"], result["board_s"]
+        return result
+    parts = [range(p, count, processes) for p in range(min(processes, count))]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(len(parts)) as pool:
+        results = pool.starmap(_measure_part, [(list(part), count, speed, seconds, tmp, template,
+                                                board_cfg) for part in parts])
+    cpu_s = sum(r["cpu_s"] for r in results)
+    board_s = sum(r["board_s"] for r in results)
+    behind = max(r["behind_s_max"] for r in results)
+    resets = sum(r["resets"] for r in results)
+    return {"boards": count, "processes": len(parts), "behind_s_max": behind, "resets": resets,
+            "cpu_ms_per_board_s": round(1000 * cpu_s / board_s, 3) if board_s else None,
+            "kept_up": behind <= _BEHIND_MAX_S and resets == 0}
+
+
+def _measure_part(indices, count, speed, seconds, tmp, template, board_cfg):
     from sim_board.board import Board, attach_world
 
     boards, worlds = [], []
     try:
-        for i in range(count):
+        for i in indices:
             flash = os.path.join(tmp, f"n{count}-b{i:04d}")
             shutil.copytree(template, flash)
             cfg = dict(board_cfg, name=f"meter-{i:04d}")
@@ -80,10 +107,11 @@ def _measure(count, speed, seconds, tmp, template, board_cfg):
         cpu = _cpu_s() - cpu0
         board_s = sum(b.clock.now_s() for b in boards) - virtual0
         behind = max(b.clock.behind_s() for b in boards)
-        resets = sum(b.boot_count for b in boards) - count
-        return {"boards": count, "behind_s_max": round(behind, 3), "resets": resets,
+        resets = sum(b.boot_count for b in boards) - len(boards)
+        return {"boards": len(boards), "behind_s_max": round(behind, 3), "resets": resets,
                 "cpu_ms_per_board_s": round(1000 * cpu / board_s, 3) if board_s else None,
-                "kept_up": behind <= _BEHIND_MAX_S and resets == 0}
+                "kept_up": behind <= _BEHIND_MAX_S and resets == 0,
+                "cpu_s": cpu, "board_s": board_s}
     finally:
         for board in boards:
             board.stop(timeout_s=2.0)
@@ -97,6 +125,8 @@ def run(args):
 
     if not 1 <= args.max_boards <= 2000 or not 2 <= args.seconds <= 600 or not args.speed > 0:
         raise UsageError("--max-boards 1..2000, --seconds 2..600 and a positive --speed")
+    if not 1 <= args.processes <= 64:
+        raise UsageError("--processes 1..64")
     with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="energo-bench-") as tmp:
         template, board_cfg = _template(tmp, broker.port)
         single = _measure(1, args.speed, min(args.seconds, 6.0), tmp, template, board_cfg)
@@ -104,7 +134,8 @@ def run(args):
         good, bad = 0, None
         count = min(25, args.max_boards)
         while True:  # double until a fleet falls behind
-            result = _measure(count, args.speed, args.seconds, tmp, template, board_cfg)
+            result = _measure(count, args.speed, args.seconds, tmp, template, board_cfg,
+                              args.processes)
             trials.append(result)
             if not result["kept_up"]:
                 bad = count
@@ -115,7 +146,8 @@ def run(args):
             count = min(count * 2, args.max_boards)
         while bad is not None and bad - good > max(8, good // 8):  # then bisect
             count = (good + bad) // 2
-            result = _measure(count, args.speed, args.seconds, tmp, template, board_cfg)
+            result = _measure(count, args.speed, args.seconds, tmp, template, board_cfg,
+                              args.processes)
             trials.append(result)
             if result["kept_up"]:
                 good = count
@@ -125,6 +157,7 @@ def run(args):
     return {
         "firmware": "meter (esp32-meter-ct), unmodified",
         "speed": args.speed,
+        "processes": args.processes,
         "boards_realtime": good,
         "cpu_ms_per_board_s": best["cpu_ms_per_board_s"] if best else None,
         "baseline_single_board_cpu_ms_per_board_s": single["cpu_ms_per_board_s"],
