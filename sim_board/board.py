@@ -332,6 +332,9 @@ class Board:
         self.runtime = None
         # Hardware state the world can observe and drive.
         self.pin_outputs, self.pin_inputs, self.pin_irqs, self.pwm = {}, {}, {}, {}
+        # The world's reactions: called with the GPIO the firmware just drove (None: all of
+        # them, at a reset), and per extra fault kind (sim_board.pilot_line registers both).
+        self.output_hooks, self.fault_handlers = [], {}
         self.sockets, self.closables = set(), []
         self._wdt_timeout_ns = None
         self._wdt_deadline_ns = None
@@ -470,6 +473,7 @@ class Board:
         self._wdt_timeout_ns = self._wdt_deadline_ns = None
         self.pin_outputs.clear()
         self.pwm.clear()
+        self.output_changed(None)
         self.wifi.active = False
         self.wifi.disconnect()
         self.console.write_text("\n" + _RESET_BANNERS.get(cause, "rst:0x0") + "\n")
@@ -480,6 +484,9 @@ class Board:
         off_s, self.off_s = self.off_s, 0.0
         self.flash.power_lost()
         self.events.append((self.clock.now_s(), f"power off {off_s}s"))
+        self.pin_outputs.clear()  # unpowered: relays drop, the pilot oscillator stops
+        self.pwm.clear()
+        self.output_changed(None)
         hooks = self.clock.on_advance, self.clock.next_deadline_ns
         self.clock.on_advance = self.clock.next_deadline_ns = None
         try:
@@ -541,6 +548,10 @@ class Board:
     def timer_value_ms(self, timer):
         entry = self._timers.get(id(timer))
         return 0 if entry is None else max(0, (entry[0] - self.clock.now_ns()) // 1_000_000)
+
+    def output_changed(self, pin):
+        for hook in self.output_hooks:
+            hook(pin)
 
     # ----- requests from other threads -----
     def set_pin(self, pin, level):
@@ -636,7 +647,8 @@ class Board:
         if self._wdt_deadline_ns is not None and now_ns >= self._wdt_deadline_ns:
             self._wdt_deadline_ns = None
             self.hard_reset(WDT_RESET)
-        self._run_callbacks(now_ns)
+        if self._timers or self._scheduled:  # this runs on every ADC read: skip the empty case
+            self._run_callbacks(now_ns)
 
     def _run_callbacks(self, now_ns):
         for entry in list(self._timers.values()):
@@ -668,6 +680,8 @@ class Board:
             self.abort_sockets()
         elif fault.kind == "clock_jump":
             self.clock.jump_rtc(fault.by_s)
+        elif fault.kind in self.fault_handlers:
+            self.fault_handlers[fault.kind](fault)
 
     def _arm_write_fault(self):
         if self._write_faults:

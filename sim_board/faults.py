@@ -15,7 +15,8 @@ A scenario is a JSON object; every key is optional:
         {"kind": "power_cut", "at_write": 37, "off_s": 1},
         {"kind": "brownout", "at_s": 300},
         {"kind": "wifi_down", "at_s": 60, "for_s": 30},
-        {"kind": "clock_jump", "at_s": 90, "by_s": -3600}
+        {"kind": "clock_jump", "at_s": 90, "by_s": -3600},
+        {"kind": "rcd_trip", "at_s": 200, "for_s": 1}
       ],
       "world": {...}                     # the simulated world's own section (sim_board.world)
     }
@@ -25,14 +26,21 @@ A scenario is a JSON object; every key is optional:
 it on (reset cause PWRON_RESET, RTC back at 2000-01-01); a brown-out is a power cut of zero length
 (ESP-IDF reports a brown-out as a power-on reset too). `wifi_down` makes the access point vanish:
 open sockets are aborted and the station reconnects when it is back. `clock_jump` moves the RTC.
+On a charger board with its pilot line (sim_board.pilot_line): `pilot_short` pulls the pilot
+to 0 V, `diode_missing` removes the vehicle's diode, `rcd_trip` raises the residual-current
+monitor's output, each for `for_s` seconds (0: for the rest of the run; an RCD output that
+stays up is lowered by `rcd_release`).
 """
 import json
 
-KINDS = ("power_cut", "brownout", "wifi_down", "clock_jump")
+KINDS = ("power_cut", "brownout", "wifi_down", "clock_jump", "pilot_short", "diode_missing",
+         "rcd_trip", "rcd_release")
 _TOP_KEYS = {"start_epoch_s", "speed", "seed", "flash_size_bytes", "ntp_offset_s", "wifi",
              "uart_ports", "faults", "world"}
 _FAULT_KEYS = {"power_cut": {"at_s", "at_write", "off_s"}, "brownout": {"at_s", "at_write"},
-               "wifi_down": {"at_s", "for_s"}, "clock_jump": {"at_s", "by_s"}}
+               "wifi_down": {"at_s", "for_s"}, "clock_jump": {"at_s", "by_s"},
+               "pilot_short": {"at_s", "for_s"}, "diode_missing": {"at_s", "for_s"},
+               "rcd_trip": {"at_s", "for_s"}, "rcd_release": {"at_s"}}
 
 
 class ScenarioError(ValueError):

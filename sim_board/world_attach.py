@@ -15,8 +15,14 @@ The board scenario's "world" section:
       "site": "house-1",                # the site this board measures
       "meters": [{"model": "SDM630", "uart": 1, "slave_id": 1, "baudrate": 9600,
                   "site": "house-1"}],  # optional; "site" defaults to the board's
-      "ev": {"pilot_pwm_pin": 25, "contactor_pin": 26}   # optional, for a charger
+      "ev": {"pilot_pwm_pin": 25, "contactor_pin": 26},  # optional, for a charger
+      "vehicle": {...}                  # optional: a simulated vehicle on a charger's
+                                        # vehicle link (sim_board.vehicle_scenario)
     }
+
+A charger board (an "evse" block in its board file) on a site with an EV gets its pilot line
+(`sim_board.pilot_line.PilotLine`, as `self.pilot`): the pilot-sense ADC, the RCD input and the
+pilot faults; its PWM and contactor pins are then the EV wiring unless "ev" says otherwise.
 
 The charger's pilot PWM and contactor output are read from the board on every ADC conversion
 and Modbus request, and handed to the world at that instant: a change takes effect at the next
@@ -28,7 +34,7 @@ from sim_board.sensors import AnalogFrontEnd
 from sim_board.world import DAY_S, World
 from sim_board.world_scenario import ScenarioError
 
-_KEYS = ("seed", "scenario", "site", "meters", "ev")
+_KEYS = ("seed", "scenario", "site", "meters", "ev", "vehicle")
 _READ_AHEAD = 512  # conversions per read-ahead block (an ADC meter window is 500)
 _STEP_MIN_NS = 5_000
 _STEP_MAX_NS = 10_000_000
@@ -55,6 +61,10 @@ class BoardWorld:
         self.site_name = cfg.get("site")
         self.site = self.world.site(self.site_name)
         self._ev_wiring = self._check_ev(cfg.get("ev"))
+        evse = board.config.get("evse")
+        if self._ev_wiring is None and isinstance(evse, dict) and self.site.ev is not None:
+            self._ev_wiring = {"pilot_pwm_pin": evse["pilot_pwm"],
+                               "contactor_pin": evse["contactor"]}
         self._last_duty = None
         self._last_contactor = None
         self._ahead = {}  # pin -> (atten, first board ns, step ns, codes)
@@ -66,6 +76,11 @@ class BoardWorld:
                 wifi_active=lambda: board.wifi.active,
             )
             board.analog = self
+        self.pilot = None  # a charger board's pilot line (sim_board.pilot_line), over board.analog
+        if isinstance(evse, dict) and self.site.ev is not None:
+            from sim_board.pilot_line import PilotLine
+
+            self.pilot = PilotLine(board, self, evse)
         self.meters = []
         meters = cfg.get("meters", [])
         if not isinstance(meters, list) or len(meters) > 3:
@@ -76,6 +91,11 @@ class BoardWorld:
         except Exception:
             self.close()
             raise
+        self.vehicle = None  # a simulated vehicle on the charger's link (sim_board.vehicle)
+        if cfg.get("vehicle") is not None:
+            from sim_board.vehicle_scenario import from_scenario
+
+            self.vehicle = from_scenario(board, self, cfg["vehicle"])
 
     def _check_ev(self, ev):
         if ev is None:
@@ -127,9 +147,11 @@ class BoardWorld:
             if duty != self._last_duty:
                 self.site.ev_set_pilot_duty(t_s, duty[0], duty[1])
                 self._last_duty = duty
+                self._ahead.clear()  # codes computed ahead assumed the old controls
             if contactor != self._last_contactor:
                 self.site.ev_set_contactor(t_s, contactor)
                 self._last_contactor = contactor
+                self._ahead.clear()
 
     def read_code(self, pin, t_s, atten):
         """`board.analog` hook: `t_s` is the board's virtual seconds since power-on.
@@ -152,6 +174,10 @@ class BoardWorld:
         last = self._last_ns.get(pin)
         self._last_ns[pin] = t_ns
         step_ns = t_ns - last if last is not None else 0
+        if not _STEP_MIN_NS <= step_ns <= _STEP_MAX_NS:
+            # The first read of a window: guess the cadence of the last window (a meter
+            # samples every window the same way) rather than compute this one code alone.
+            step_ns = ahead[2] if ahead is not None and ahead[0] == atten else 0
         if _STEP_MIN_NS <= step_ns <= _STEP_MAX_NS:
             codes = self.analog.read_block([pin], world_t_s, step_ns / 1e9, _READ_AHEAD, atten)[0]
             self._ahead[pin] = (atten, t_ns, step_ns, codes)
@@ -165,7 +191,9 @@ class BoardWorld:
         return self.analog.read_block(pins, world_t_s, dt_s, count, atten)
 
     def close(self):
-        """Stop the meters (their pseudo-terminals disappear)."""
+        """Stop the meters (their pseudo-terminals disappear) and the vehicle."""
+        if getattr(self, "vehicle", None) is not None:
+            self.vehicle.stop()
         for server in self.meters:
             server.stop()
         self.meters = []

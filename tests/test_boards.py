@@ -89,3 +89,39 @@ json_values = st.recursive(
 def test_random_board_files_never_crash_the_checker(cfg):
     errors, warnings = boardcfg.check(cfg)
     assert isinstance(errors, list) and isinstance(warnings, list)
+
+
+EVSE = json.loads((ROOT / "boards" / "esp32-evse.json").read_text())
+
+
+@pytest.mark.parametrize("cfg,message", [
+    (_with(EVSE, "evse.pilot_adc", 26), "evse.pilot_adc: GPIO26 is on ADC2"),
+    (_with(_with(EVSE, "wifi", False), "evse.pilot_adc", 26), "evse.pilot_adc: GPIO26 is on ADC2;"),
+    (_with(EVSE, "evse.pilot_adc", 23), "evse.pilot_adc: GPIO23 has no ADC channel"),
+    (_with(EVSE, "evse.pilot_pwm", 39), "evse.pilot_pwm: GPIO39 is input-only"),
+    (_with(EVSE, "evse.contactor", 6), "evse.contactor: GPIO6 is wired to the SPI flash"),
+    (_with(EVSE, "evse.rcd", 25), "evse.rcd: GPIO25 is already used by evse.pilot_pwm"),
+    (_with(EVSE, "evse.max_current_a", 5), "evse.max_current_a: must be an integer from 6"),
+    (_with(EVSE, "evse.max_current_a", 81), "evse.max_current_a: must be an integer from 6"),
+    (_with(EVSE, "evse.phases", 2), "evse.phases: must be 1 or 3"),
+    (_with(EVSE, "evse.sense_ratio", 0), "evse.sense_ratio: must be a number"),
+    (_with(EVSE, "evse.samples", 10), "evse.samples: must be an integer from 25"),
+    (_with(EVSE, "evse", None), "evse: a charger needs this object"),
+    (_with(EVSE, "vehicle_link", None), "vehicle_link: a charger needs this object"),
+    (_with(EVSE, "vehicle_link.uart", 2), "vehicle_link.uart: UART2 is already used"),
+    (_with(EVSE, "vehicle_link.uart", 0), "vehicle_link.uart: must be 1 or 2"),
+    (_with(EVSE, "vehicle_link.tx", 10), "vehicle_link.tx: GPIO10 is wired to the SPI flash"),
+    (_with(EVSE, "vehicle_link.rx", 17), "vehicle_link.rx: GPIO17 is already used by modbus.tx"),
+    (_with(EVSE, "vehicle_link.baudrate", 1234), "vehicle_link.baudrate: must be one of"),
+    (_with(EVSE, "meter", None), "meter: must be adc, sdm630 or sdm120"),
+])
+def test_charger_mistakes_are_errors_naming_the_path(cfg, message):
+    errors, _ = boardcfg.check(cfg)
+    assert any(message in e for e in errors), errors
+
+
+def test_charger_board_needs_its_pins():
+    cfg = copy.deepcopy(EVSE)
+    del cfg["evse"]["rcd"], cfg["vehicle_link"]["rx"]
+    errors, _ = boardcfg.check(cfg)
+    assert "evse.rcd: missing" in errors and "vehicle_link.rx: missing" in errors

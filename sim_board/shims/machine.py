@@ -134,6 +134,7 @@ def _pin_class(board):
                 self._pull = pull
             if value is not None:
                 board.pin_outputs[self._id] = 1 if value else 0
+                board.output_changed(self._id)
 
         def value(self, x=None):
             if x is None:
@@ -143,6 +144,7 @@ def _pin_class(board):
                     return board.pin_inputs[self._id]
                 return 1 if self._pull == self.PULL_UP else 0
             board.pin_outputs[self._id] = 1 if x else 0
+            board.output_changed(self._id)
             return None
 
         def __call__(self, x=None):
@@ -252,9 +254,11 @@ def _pwm_class(board):
 
         def _publish(self):
             board.pwm[self._pin] = (self._freq, self._duty_u16)
+            board.output_changed(self._pin)
 
         def deinit(self):
             board.pwm.pop(self._pin, None)
+            board.output_changed(self._pin)
 
         def freq(self, value=None):
             if value is None:
@@ -320,7 +324,10 @@ def _uart_class(board):
             self._byte_ns = (1 + bits + (parity is not None) + stop) * 1_000_000_000 // int(baudrate)
             self.deinit()
             path = board.uart_ports.get(self._id)
-            if path:
+            if path is not None and not isinstance(path, str):  # an in-process peer
+                self._port = path.open(int(baudrate))
+                board.closables.append(self._port)
+            elif path:
                 import serial  # pyserial: opening a pty sets raw mode and the line settings
 
                 self._port = serial.Serial(path, int(baudrate), bytesize=bits,
@@ -407,8 +414,9 @@ def _uart_class(board):
         def write(self, buf):
             data = bytes(buf)
             if self._port is not None:
+                board.clock.catch_up()  # the peer must not see a board that ran ahead early
                 self._port.write(data)
-                self._awaiting = True
+                self._awaiting = getattr(self._port, "awaits_reply", True)
             board.clock.advance_ns(len(data) * self._byte_ns)  # modelled cost: line time
             return len(data)
 

@@ -20,7 +20,10 @@ _PIN_FIELDS = (
     ("pilot.pwm", "out"), ("pilot.sense", "adc"), ("contactor.pin", "out"),
     ("contactor.feedback", "in"), ("rcd.pin", "in"), ("vehicle_link.tx", "out"),
     ("vehicle_link.rx", "in"), ("status_led", "out"),
+    ("evse.pilot_pwm", "out"), ("evse.pilot_adc", "adc"), ("evse.contactor", "out"),
+    ("evse.rcd", "in"),
 )
+_LINK_BAUDS = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 
 
 class BoardError(ValueError):
@@ -73,12 +76,14 @@ def check(cfg):
             continue
         _check_pin(path, pin, use, wifi is True, used, errors, warnings)
     meter = cfg.get("meter")
-    if cfg.get("role") == "meter" and meter not in ("adc", "sdm630", "sdm120"):
+    if cfg.get("role") in ROLES and meter not in ("adc", "sdm630", "sdm120"):
         errors.append("meter: must be adc, sdm630 or sdm120, got %r" % (meter,))
     if meter == "adc" or _get(cfg, "adc") is not None:
         _check_adc(cfg, wifi is True, used, errors, warnings)
     if meter in ("sdm630", "sdm120") or _get(cfg, "modbus") is not None:
         _check_modbus(cfg, errors)
+    if cfg.get("role") == "charger":
+        _check_charger(cfg, errors)
     return errors, warnings
 
 
@@ -169,6 +174,48 @@ def _check_modbus(cfg, errors):
                       % (baud,))
     _number(cfg, "modbus.slave", 1, 247, errors)
     _number(cfg, "modbus.timeout_ms", 10, 5000, errors, required=False)
+
+
+def _check_charger(cfg, errors):
+    """A charger needs its pilot, contactor, RCD and vehicle link; pins were checked above."""
+    for block in ("evse", "vehicle_link"):
+        if not isinstance(cfg.get(block), dict):
+            errors.append("%s: a charger needs this object" % block)
+    if not isinstance(cfg.get("evse"), dict):
+        return
+    for key in ("pilot_pwm", "pilot_adc", "contactor", "rcd"):
+        if _get(cfg, "evse." + key) is None:
+            errors.append("evse.%s: missing" % key)
+    sense = _get(cfg, "evse.pilot_adc")
+    if sense in _ADC2 and cfg.get("wifi", True) is not True:  # with Wi-Fi: reported above
+        errors.append("evse.pilot_adc: GPIO%d is on ADC2; the pilot sense needs ADC1 "
+                      "(GPIO32-39), which reads the same with or without the radio" % sense)
+    amps = _get(cfg, "evse.max_current_a")
+    if isinstance(amps, bool) or not isinstance(amps, int) or not 6 <= amps <= 80:
+        errors.append("evse.max_current_a: must be an integer from 6 to 80, got %r" % (amps,))
+    if _get(cfg, "evse.phases") not in (1, 3):
+        errors.append("evse.phases: must be 1 or 3, got %r" % (_get(cfg, "evse.phases"),))
+    _number(cfg, "evse.sense_bias_mv", 0, 3300, errors, required=False)
+    _number(cfg, "evse.sense_ratio", 1, 100, errors, required=False)
+    samples = _get(cfg, "evse.samples")
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
+                                or not 25 <= samples <= 200):
+        errors.append("evse.samples: must be an integer from 25 to 200 (one 1 ms PWM period "
+                      "or more), got %r" % (samples,))
+    if not isinstance(cfg.get("vehicle_link"), dict):
+        return
+    for key in ("uart", "tx", "rx"):
+        if _get(cfg, "vehicle_link." + key) is None:
+            errors.append("vehicle_link.%s: missing" % key)
+    uart = _get(cfg, "vehicle_link.uart")
+    if uart not in (None, 1, 2):
+        errors.append("vehicle_link.uart: must be 1 or 2 (UART0 is the REPL)")
+    elif uart is not None and uart == _get(cfg, "modbus.uart"):
+        errors.append("vehicle_link.uart: UART%d is already used by modbus.uart" % uart)
+    baud = _get(cfg, "vehicle_link.baudrate")
+    if baud not in _LINK_BAUDS:
+        errors.append("vehicle_link.baudrate: must be one of %s, got %r"
+                      % (", ".join([str(b) for b in _LINK_BAUDS]), baud))
 
 
 def load(text):
