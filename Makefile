@@ -8,7 +8,10 @@ PYTEST_ARGS ?=
 
 .PHONY: setup run test soak bench lint flash clean
 
-setup: $(PY_STAMP) $(NODE_STAMP)
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+setup: $(PY_STAMP) $(NODE_STAMP) $(CHROMIUM)
 
 $(PY_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +21,19 @@ $(PY_STAMP): pyproject.toml
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# Debian's Chromium for the dashboard's browser test (driven by Playwright, which downloads no
+# browser of its own). Runs only while the binary is missing.
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium (the dashboard's browser test)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq >/dev/null && \
+		  $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
+	else \
+		echo "note: no apt-get here; install Chromium as $(CHROMIUM) for the browser test"; \
+	fi
 
 run: setup
 	$(BIN)/energo sim community
@@ -31,7 +47,7 @@ soak: setup
 lint: $(PY_STAMP)
 	$(BIN)/ruff check .
 
-BENCHES ?= sign accuracy firmware-mem match emulator
+BENCHES ?= sign accuracy firmware-mem match emulator handshake
 
 bench: setup
 	@for name in $(BENCHES); do echo "== energo bench $$name"; $(BIN)/energo bench $$name --json || exit 1; done

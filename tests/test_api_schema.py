@@ -11,6 +11,7 @@ from tests.test_api_support import (
     device_key,
     market_harness,
 )
+from tests.test_ev_support import seed_session
 
 AGENT = {"enabled": True, "target_buy_micro_per_kwh": 120_000,
          "target_sell_micro_per_kwh": 180_000, "floor_micro_per_kwh": 50_000,
@@ -32,6 +33,7 @@ def test_every_answer_matches_its_documented_schema(market):
     need(jsonschema is not None, "jsonschema (with openapi-spec-validator) is not installed")
     document = openapi.document()
     device_id, spki = device_key("charger", 7)
+    session = seed_session(market.ledger, "alice", "bob")
     calls = [
         ("GET", "/openapi.json", None, None, "/openapi.json"),
         ("GET", "/metrics", None, None, "/metrics"),
@@ -63,6 +65,8 @@ def test_every_answer_matches_its_documented_schema(market):
         ("GET", f"/api/v1/trades?interval_start_s={T1_S}", None, None, "/api/v1/trades"),
         ("GET", "/api/v1/prices", None, None, "/api/v1/prices"),
         ("DELETE", "/api/v1/orders/1", None, "alice", "/api/v1/orders/{order_id}"),
+        ("GET", "/api/v1/sessions", None, "alice", "/api/v1/sessions"),
+        ("GET", f"/api/v1/sessions/{session}", None, "admin", "/api/v1/sessions/{session}"),
     ]
     covered = set()
     for method, path, body, who, template in calls:

@@ -3,7 +3,7 @@ import copy
 import functools
 import re
 
-from host_tools.api.routes import ROUTES
+from host_tools.api.routes import every_route
 
 API_VERSION = "1.0.0"
 
@@ -27,7 +27,9 @@ _TAGS = {
     "ledger": "Members, balances, entries, intervals and the public digest",
     "exchange": "The community's energy exchange",
     "devices": "Device enrollment",
+    "charging": "Charge-and-pay sessions and their signed receipts",
     "service": "The document itself and metrics",
+    "dashboard": "The live community dashboard: its page and the data it polls",
 }
 
 
@@ -42,8 +44,10 @@ def _operation(route):
     parameters += [{"name": query.name, "in": "query", "required": query.required,
                     "description": query.description, "schema": query.schema()}
                    for query in route.query]
+    optional_token = getattr(route, "optional_token", False)
     if route.response.get("type") == "string":
-        content = {"text/plain": {"schema": copy.deepcopy(route.response)}}
+        media_type = route.response.get("contentMediaType", "text/plain")
+        content = {media_type: {"schema": copy.deepcopy(route.response)}}
     else:
         content = {"application/json": {"schema": copy.deepcopy(route.response)}}
     responses = {str(route.status): {"description": "Success", "content": content}}
@@ -53,7 +57,8 @@ def _operation(route):
     for status, description in _ERRORS.items():
         if status in responses:
             continue
-        if status in ("401", "403") and route.auth == "public":
+        if status == "403" and route.auth == "public" or \
+                status == "401" and route.auth == "public" and not optional_token:
             continue
         if status == "413" and route.body is None:
             continue
@@ -62,6 +67,8 @@ def _operation(route):
                                  "schema": {"$ref": "#/components/schemas/Error"}}}}
     operation = {"operationId": _operation_id(route), "summary": route.summary,
                  "tags": [route.tag], "security": _SECURITY[route.auth], "responses": responses}
+    if optional_token:  # anonymous, or a member's or the admin's token for more detail
+        operation["security"] = [{}, {"memberToken": []}, {"adminToken": []}]
     if parameters:
         operation["parameters"] = parameters
     if route.body is not None:
@@ -73,7 +80,7 @@ def _operation(route):
 @functools.cache
 def _cached():
     paths = {}
-    for route in ROUTES:
+    for route in every_route():
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
     return {
         "openapi": "3.1.0",

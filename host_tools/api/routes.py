@@ -3,7 +3,7 @@ by `openapi.py` (the published document). Adding an endpoint means adding one `R
 """
 import re
 
-from host_tools.api import market, schemas, views
+from host_tools.api import dashboard, market, schemas, sessions, views
 from host_tools.api.errors import bad_request
 from host_tools.api.validate import Query, check_schema
 
@@ -46,6 +46,8 @@ PATH_PARAMS = {
     "name": PathParam("name", {"type": "string", "pattern": f"^{MEMBER_NAME_PATTERN}$"},
                       _member_name),
     "order_id": PathParam("order_id", _int_schema(1, _ID_MAX), _order_id),
+    "session": PathParam("session", {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                         sessions.session_id),
 }
 
 
@@ -71,8 +73,10 @@ class Route:
         self.degraded_status = degraded_status  # answered with the same schema (health checks)
         self.tag = tag
         self.params = [PATH_PARAMS[name] for name in re.findall(r"{(\w+)}", path)]
-        self.regex = re.compile(
-            "^" + re.sub(r"{(\w+)}", r"(?P<\1>[^/]{1,100})", path) + "$")
+        literal = re.split(r"{(\w+)}", path)  # literal, name, literal, name, ...
+        self.regex = re.compile("^" + "".join(
+            re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/]{{1,100}})"
+            for i, part in enumerate(literal)) + "$")
 
 
 def _page(default, maximum, before_max):
@@ -212,16 +216,56 @@ ROUTES = [
           "Trades of one delivery interval (anonymous)",
           query=(_EXPLICIT_INTERVAL, Query("limit", 1, 1000, 200, "How many trades.")),
           tag="exchange", response=schemas.TRADES),
+    Route("GET", "/api/v1/sessions", "member_or_admin", sessions.list_sessions,
+          "Charging sessions: the caller's (as payer or station owner), or all for the admin",
+          query=sessions.QUERY, tag="charging", response=sessions.SESSIONS),
+    Route("GET", "/api/v1/sessions/{session}", "member_or_admin", sessions.get_session,
+          "One charging session with its signed receipt", tag="charging",
+          response=sessions.SESSION_ONE),
     Route("GET", "/api/v1/prices", "public", market.prices,
           "Open quotes and reference prices of the latest closed intervals",
           query=(Query("limit", 1, 96, 16, "How many closed intervals."),), tag="exchange",
           response=schemas.PRICES),
 ]
 
+
+class OptionalTokenRoute(Route):
+    """A public route whose answer grows with the caller's token (anonymous: totals only);
+    a token that matches nobody is still refused (401), so a typo is not silently public."""
+
+    __slots__ = ()
+    optional_token = True
+
+
+# The live dashboard: its page, the page's script and style, and the data it polls.
+DASHBOARD_ROUTES = [
+    Route("GET", "/", "public", dashboard.static_handler("dashboard.html"),
+          "The live community dashboard (HTML; token in the URL fragment: /#token=...)",
+          tag="dashboard", response=dashboard.PAGE_SCHEMA),
+    *[Route("GET", f"/static/{name}", "public", dashboard.static_handler(name),
+            f"The dashboard's {name.rsplit('.', 1)[1].upper()}", tag="dashboard",
+            response={"type": "string",
+                      "contentMediaType": dashboard.STATIC_FILES[name].split(";")[0]})
+      for name in ("dashboard.js", "dashboard.css")],
+    OptionalTokenRoute(
+        "GET", "/api/v1/dashboard", "public", dashboard.view,
+        "The dashboard's data: community totals for everyone; members' rows for their own "
+        "token (member) or the admin token", tag="dashboard",
+        query=(Query("intervals", 1, dashboard.INTERVALS_MAX, dashboard.INTERVALS_DEFAULT,
+                     "How many closed intervals the price chart shows."),),
+        response=dashboard.RESPONSE),
+]
+
+
+def every_route():
+    """The API's routes and the dashboard's, in matching order."""
+    return ROUTES + DASHBOARD_ROUTES
+
+
 def match(method, path):
     """(route, path params) or raises LookupError with the allowed methods of a known path."""
     allowed = []
-    for route in ROUTES:
+    for route in every_route():
         found = route.regex.match(path)
         if found is None:
             continue

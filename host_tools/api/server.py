@@ -22,7 +22,7 @@ import weakref
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from host_tools.api import routes, store
+from host_tools.api import dashboard, routes, store
 from host_tools.api.auth import ANONYMOUS, Authenticator
 from host_tools.api.errors import ApiError, bad_request, unavailable
 from host_tools.api.gate import as_gate
@@ -305,8 +305,9 @@ class Handler(BaseHTTPRequestHandler):
             return
 
     def _send(self, status, payload, headers):
-        if isinstance(payload, routes.Text):
+        if isinstance(payload, routes.Text | dashboard.Page):
             data, content_type = payload.text.encode(), payload.content_type
+            headers = {**getattr(payload, "headers", {}), **headers}
         else:
             data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
             content_type = "application/json"

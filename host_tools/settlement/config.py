@@ -38,6 +38,12 @@ class SettlementConfig:
     transfer_legs_max: int = 64
     transfer_meta_bytes_max: int = 4096
     interval_energy_wh_max: int = 10**12
+    # EV charge-and-pay (docs/charging-protocol.md): the reference price a charger offers
+    # when the service runs no market, a station's service fee until its owner sets one,
+    # and a new vehicle's offline limit per session.
+    ev_reference_price_micro_per_kwh: int = 250_000
+    ev_station_fee_micro_per_kwh: int = 30_000
+    ev_offline_limit_micro: int = 10_000_000
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

@@ -22,6 +22,7 @@ import time
 import urllib.parse
 
 from host_tools.settlement import market as market_glue
+from host_tools.settlement.ev import EvService
 from host_tools.settlement.ingest import Ingest
 from host_tools.settlement.ledger import Ledger
 from host_tools.settlement.registry import Registry
@@ -116,6 +117,10 @@ class Service:
                                                        grace_s=self.grace_s, market=self.market)
             if previous is not None:  # counters are per process, not per connection
                 self.ingest.counts, self.ingest.rejected = previous.counts, previous.rejected
+            previous_ev = getattr(self, "ev", None)
+            self.ev = EvService(self.ledger, self.registry, self.community)
+            if previous_ev is not None:
+                self.ev.counts, self.ev.rejected = previous_ev.counts, previous_ev.rejected
         except BaseException:
             self.ledger.close()
             raise
@@ -136,7 +141,7 @@ class Service:
     def _topics(self):
         base = f"energo/v1/{self.community}/+/"
         share = f"$share/{SHARE_GROUP}/" if self.shared else ""
-        return [(share + base + "rec", 1), (share + base + "hello", 1)]
+        return [(share + base + "rec", 1), (share + base + "hello", 1), (share + base + "ev", 1)]
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
@@ -204,9 +209,13 @@ class Service:
         devices, which resend it); the deliveries are still confirmed, because a broker
         stops sending to a client whose in-flight window stays full.
         """
+        ev_requests = [item for item in batch if item[0].endswith("/ev")]
         try:
             acks = self.ingest.handle_batch([(topic, payload, at_s)
-                                             for topic, payload, at_s, _, _ in batch])
+                                             for topic, payload, at_s, _, _ in batch
+                                             if not topic.endswith("/ev")])
+            for topic, payload, _, _, _ in ev_requests:  # charge-and-pay: never raises
+                acks += self.ev.handle(topic, payload)
         except Exception as exc:  # noqa: BLE001 - the loop must survive any one batch
             self.batch_failures += 1
             self._say(f"batch of {len(batch)} not settled: {type(exc).__name__}: "
@@ -294,6 +303,12 @@ class Service:
         lines.append("# TYPE energo_ingest_rejected_total counter")
         for reason, value in sorted(self.ingest.rejected.items()):
             lines.append(f'energo_ingest_rejected_total{{reason="{reason}"}} {value}')
+        lines.append("# TYPE energo_ev_total counter")
+        for name, value in sorted(self.ev.counts.items()):
+            lines.append(f'energo_ev_total{{event="{name}"}} {value}')
+        lines.append("# TYPE energo_ev_rejected_total counter")
+        for reason, value in sorted(self.ev.rejected.items()):
+            lines.append(f'energo_ev_rejected_total{{reason="{reason}"}} {value}')
         lines.append("# TYPE energo_ingest_batch_failures_total counter")
         lines.append(f"energo_ingest_batch_failures_total {self.batch_failures}")
         lines.append("# TYPE energo_ingest_queue_messages gauge")

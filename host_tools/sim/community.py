@@ -308,7 +308,8 @@ class CommunityRun:
         self.http_url = None
         self.market = False
         self._cleanup = []  # callables run when the run ends
-        self._trades = ("-", 0.0)  # (shown value, when read)
+        self._db_counts = ({"trades": "-", "sessions": "-"}, 0.0)  # (shown values, when read)
+        self.dashboard_url = None
 
     def say(self, text):
         print(f"energo sim: {text}", file=self.out, flush=True)
@@ -436,6 +437,8 @@ class CommunityRun:
                 self.http_url = f"{probe.base_url}/api/v1/digest"
                 self.say(f"broker: {broker_url}")
                 self.say(f"HTTP API: {self.http_url}")
+                self.dashboard_url = f"{probe.base_url}/"
+                self.say(f"dashboard: {self._dashboard_link(probe.base_url)}")
                 try:
                     self._run_boards(broker_url, day_s, end_s)
                 finally:
@@ -481,25 +484,36 @@ class CommunityRun:
         counts = self.service.counts()
         clock = datetime.datetime.fromtimestamp(sim_now_s, datetime.UTC)
         elapsed_h = (sim_now_s - day_s) / 3600
+        shown = self._read_db_counts()
         return (f"sim {clock:%H:%M} (+{elapsed_h:.1f} h)  settled {counts['settled']}  "
-                f"intervals {counts['intervals_closed']}  trades {self._trade_count()}  "
-                f"sessions -")
+                f"intervals {counts['intervals_closed']}  trades {shown['trades']}  "
+                f"sessions {shown['sessions']}")
 
-    def _trade_count(self):
-        """Trades so far, read from the ledger database at most every 5 s (a fresh connection;
-        the service owns its own)."""
-        shown, read_at = self._trades
-        if not self.market or time.monotonic() - read_at < 5.0:
+    def _dashboard_link(self, base_url):
+        """The dashboard's URL with the operator's (admin) token in the fragment: browsers never
+        send a fragment, so the token reaches no request log; without it the page is public."""
+        try:
+            token = (self.out_dir / "admin-token").read_text().strip()
+        except OSError:
+            return f"{base_url}/"
+        return f"{base_url}/#token={token}"
+
+    def _read_db_counts(self):
+        """Trades and charging sessions so far, read from the ledger database at most every 5 s
+        (a fresh connection; the service owns its own)."""
+        shown, read_at = self._db_counts
+        if time.monotonic() - read_at < 5.0:
             return shown
         from host_tools.settlement.ledger import Ledger
 
         with contextlib.suppress(Exception):  # a busy database only delays the display
             ledger = Ledger.open(self.db_url, create=False)
             try:
-                shown = _trade_totals(ledger.db)[0]
+                shown = {"trades": _trade_totals(ledger.db)[0] if self.market else "-",
+                         "sessions": str(sessions_count(ledger.db))}
             finally:
                 ledger.close()
-        self._trades = (shown, time.monotonic())
+        self._db_counts = (shown, time.monotonic())
         return shown
 
     def _stop_boards(self):
@@ -564,3 +578,11 @@ def _trade_totals(db):
     count, volume = db.one("SELECT COALESCE(SUM(trade_count), 0), COALESCE(SUM(volume_wh), 0) "
                            "FROM market_reference_prices")
     return str(int(count)), str(int(volume))
+
+
+def sessions_count(db):
+    """EV charging sessions in the ledger database: the progress line's one hook for them
+    (the dashboard's reader, so the two always agree; 0 while the community has none)."""
+    from host_tools.api import dashboard
+
+    return dashboard.sessions_count(db)
