@@ -13,8 +13,8 @@ from host_tools.settlement.store import Database
 T0_S = 1_795_000_500 - 1_795_000_500 % 900  # an aligned interval start in late 2026
 CLOCK_MS = T0_S * 1000
 
-_TABLES = ("checkpoints", "intervals", "fee_carry", "holds", "balances", "entries", "transfers",
-           "chain_head", "accounts", "meta")
+_TABLES = ("checkpoints", "intervals", "interval_energy", "fee_carry", "holds", "balances",
+           "entries", "transfers", "chain_head", "accounts", "meta")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,16 @@
 """End-of-interval settlement (ECONOMICS §1–§3) and late corrections.
 
-`settle_interval` applies, in one database transaction and in this order:
+Two steps, because ECONOMICS §2 wants energy above a member's cap offered on
+the market before the rest is sold to the grid:
+- `settle_energy` (steps 1–2 below) mints and burns the interval's metered
+  energy and commits, so the market for the interval trades on it;
+- `settle_interval` books whatever metered energy is not booked yet (all of
+  it when `settle_energy` was not called), then steps 3–5, in one transaction.
+An energy step stores the cumulative input it booked; a later step with more
+energy books only the difference (transfer ids get a `:<step>` suffix), less
+energy than booked is refused.
+
+The steps, in this order:
 1. mint: each member's exported Wh are minted to them;
 2. burn: each member's imported Wh are burned from their balance, as far as it
    goes; the shortfall came from the main grid and is billed at the retail
@@ -76,6 +86,27 @@ def _validate_metered(ledger, metered):
     return result
 
 
+_ENERGY_TOTALS = ("minted_wh", "burned_wh", "shortfall_wh", "grid_bill_micro")
+
+
+def settle_energy(ledger, interval_start_s, metered):
+    """Step one: mint and burn the interval's energy now, committed; the interval stays open.
+
+    Returns the interval's energy totals so far (`replayed` when nothing new was booked).
+    """
+    _validate_interval(ledger, interval_start_s)
+    rows = _validate_metered(ledger, metered)
+    with ledger.db.transaction():
+        ledger.lock()
+        if ledger.db.one("SELECT 1 FROM intervals WHERE interval_start_s = ?",
+                         (interval_start_s,)) is not None:
+            raise IntervalError(f"interval {interval_start_s} is closed; "
+                                "book late data with book_correction")
+        _require_next_open(ledger, interval_start_s)
+        totals, booked = _book_energy(ledger, interval_start_s, rows)
+    return dict(totals, interval_start_s=interval_start_s, replayed=not booked)
+
+
 def settle_interval(ledger, interval_start_s, metered):
     """Settle and close one interval; returns a dict of totals and its checkpoint."""
     _validate_interval(ledger, interval_start_s)
@@ -93,40 +124,91 @@ def settle_interval(ledger, interval_start_s, metered):
                     f"interval {interval_start_s} is closed with other data; "
                     "book late data with book_correction")
             return dict(json.loads(done[1]), replayed=True)
-        next_open = ledger.next_open_interval()
-        if next_open is not None and interval_start_s != next_open:
-            raise IntervalError(
-                f"interval {interval_start_s} is not the next open interval ({next_open}); "
-                "settle every interval in order")
-        totals = _apply_rules(ledger, interval_start_s, {row[0]: row[1:] for row in rows})
+        _require_next_open(ledger, interval_start_s)
+        totals = dict.fromkeys(
+            ("sold_wh", "feed_in_micro", "storage_fee_wh", "fee_owners_wh", "fee_education_wh",
+             "fee_operator_wh"), 0)
+        totals.update(_book_energy(ledger, interval_start_s, rows)[0])
+        totals["interval_start_s"] = interval_start_s
+        _apply_cap_and_fee(ledger, interval_start_s, totals)
         totals["checkpoint"] = close_interval(ledger, interval_start_s, signing_key)
         db.execute("INSERT INTO intervals (interval_start_s, input_digest, result) VALUES (?, ?, ?)",
                    (interval_start_s, digest, json.dumps(totals, sort_keys=True)))
     return dict(totals, replayed=False)
 
 
-def _apply_rules(ledger, interval_s, metered):
+def _require_next_open(ledger, interval_start_s):
+    next_open = ledger.next_open_interval()
+    if next_open is not None and interval_start_s != next_open:
+        raise IntervalError(
+            f"interval {interval_start_s} is not the next open interval ({next_open}); "
+            "settle every interval in order")
+    other = ledger.db.one(
+        "SELECT e.interval_start_s FROM interval_energy e LEFT JOIN intervals i "
+        "ON i.interval_start_s = e.interval_start_s WHERE i.interval_start_s IS NULL "
+        "AND e.interval_start_s <> ? LIMIT 1", (interval_start_s,))
+    if other is not None:
+        raise IntervalError(f"interval {other[0]} has energy booked and is not closed; "
+                            "close it first")
+
+
+def _book_energy(ledger, interval_s, rows):
+    """Mint and burn what `rows` hold beyond earlier energy steps of this interval.
+
+    Returns (the interval's energy totals over all its steps, whether this call booked).
+    """
+    db = ledger.db
+    steps = db.all("SELECT step, metered, totals FROM interval_energy WHERE interval_start_s = ? "
+                   "ORDER BY step", (interval_s,))
+    totals = dict.fromkeys(_ENERGY_TOTALS, 0)
+    booked = {}
+    for _, metered_text, totals_text in steps:
+        booked = {member: (import_wh, export_wh)
+                  for member, import_wh, export_wh in json.loads(metered_text)}
+        for name, value in json.loads(totals_text).items():
+            totals[name] += value
+    deltas = []
+    for member, import_wh, export_wh in rows:
+        booked_import, booked_export = booked.pop(member, (0, 0))
+        if import_wh < booked_import or export_wh < booked_export:
+            raise IntervalError(
+                f"interval {interval_s}: {member}'s metered energy is below what was already "
+                f"booked ({booked_import} Wh in, {booked_export} Wh out)")
+        deltas.append((member, import_wh - booked_import, export_wh - booked_export))
+    if booked:
+        raise IntervalError(f"interval {interval_s}: metered energy of {min(booked)} is missing, "
+                            "but part of it was already booked")
+    if not any(import_wh or export_wh for _, import_wh, export_wh in deltas):
+        return totals, False
+    step = len(steps) + 1
+    suffix = "" if step == 1 else f":{step}"
+    prefix = f"#iv:{interval_s}"
+    step_totals = dict.fromkeys(_ENERGY_TOTALS, 0)
+    for member, _, export_wh in deltas:
+        if export_wh:
+            ledger._book(f"{prefix}:mint:{member}{suffix}", "mint", interval_s,
+                         [Leg(MINT, member_account(member), WATT, export_wh)], {})
+            step_totals["minted_wh"] += export_wh
+    for member, import_wh, _ in deltas:
+        if import_wh:
+            burned, shortfall, bill = _consume(ledger, f"{prefix}:burn:{member}{suffix}", "burn",
+                                               interval_s, member, import_wh, {})
+            step_totals["burned_wh"] += burned
+            step_totals["shortfall_wh"] += shortfall
+            step_totals["grid_bill_micro"] += bill
+    db.execute("INSERT INTO interval_energy (interval_start_s, step, metered, totals) "
+               "VALUES (?, ?, ?, ?)", (interval_s, step, json.dumps(rows, separators=(",", ":")),
+                                       json.dumps(step_totals, sort_keys=True)))
+    for name, value in step_totals.items():
+        totals[name] += value
+    return totals, True
+
+
+def _apply_cap_and_fee(ledger, interval_s, totals):
+    """Steps 3–4: feed in what is still above each cap, then the storage fee."""
     config = ledger.config
-    totals = dict.fromkeys(
-        ("minted_wh", "burned_wh", "shortfall_wh", "grid_bill_micro", "sold_wh", "feed_in_micro",
-         "storage_fee_wh", "fee_owners_wh", "fee_education_wh", "fee_operator_wh"), 0)
-    totals["interval_start_s"] = interval_s
     members = ledger.member_names()
     prefix = f"#iv:{interval_s}"
-    for member in members:
-        _, export_wh = metered.get(member, (0, 0))
-        if export_wh:
-            ledger._book(f"{prefix}:mint:{member}", "mint", interval_s,
-                         [Leg(MINT, member_account(member), WATT, export_wh)], {})
-            totals["minted_wh"] += export_wh
-    for member in members:
-        import_wh, _ = metered.get(member, (0, 0))
-        if import_wh:
-            burned, shortfall, bill = _consume(ledger, f"{prefix}:burn:{member}", "burn",
-                                               interval_s, member, import_wh, {})
-            totals["burned_wh"] += burned
-            totals["shortfall_wh"] += shortfall
-            totals["grid_bill_micro"] += bill
     for member in members:
         account = member_account(member)
         excess_wh = ledger.balance(account, WATT) - rules.cap_wh(ledger.balance(account, TSL), config)
@@ -141,7 +223,6 @@ def _apply_rules(ledger, interval_s, metered):
             totals["feed_in_micro"] += pay
     _storage_fee(ledger, prefix, interval_s, members, totals)
     _assert_members_within_caps(ledger, members)
-    return totals
 
 
 def _consume(ledger, transfer_id, kind, interval_s, member, import_wh, meta):
@@ -230,6 +311,7 @@ def close_interval(ledger, interval_start_s, signing_key):
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (number, interval_start_s, first_seq, head_seq, len(leaves), root, head_hash, prev_hash,
          json.loads(body)["closed_at_ms"], body.decode(), body_hash, signature))
+    ledger._forget_next_open()
     if db.get_meta("service_public_key") is None:
         db.set_meta("service_public_key", checkpoints.public_key_pem(signing_key.public_key()))
     return {"number": number, "entry_count": len(leaves), "merkle_root": root, "hash": body_hash}

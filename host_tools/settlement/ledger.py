@@ -15,7 +15,18 @@ Conventions (one place, because everything else relies on them):
 Every public method is one database transaction: all of its entries or none.
 Every transfer has an id with a UNIQUE constraint; a replay with the same id
 and the same legs returns the original result and writes nothing.
+
+Speed (the exchange settles every fill here): `batch()` opens one transaction
+for many transfers, each in its own savepoint, so a refused transfer rolls
+back alone and the others commit together. While a write transaction holds
+the chain lock nobody else can book, so balances, the chain head and the
+first open interval read under it are cached. Balances stay cached into the
+next transaction only if the chain head is unchanged when it takes the lock
+(every booking moves the head); any rollback drops the cache. Account kinds
+never change and are cached until a rollback. The cache only ever holds what
+the balances table holds, so balances remain what the entries say.
 """
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -58,6 +69,8 @@ _MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TRANSFER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_.@/+=-]{0,159}$")
 _KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _AMOUNT_MAX = 2**62
+# Cached balances (one per account and asset touched) and account kinds, each at most.
+_CACHE_ENTRIES_MAX = 1_000_000
 
 
 def member_account(name):
@@ -72,7 +85,7 @@ def hold_account(hold_id):
     return f"hold:{hold_id}"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Leg:
     """One movement: `amount` of `asset` from `debit` to `credit`."""
 
@@ -92,8 +105,8 @@ class TransferResult:
     replayed: bool = False
 
 
-def _canonical(value):
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+# One encoder for every canonical text (what json.dumps builds anew on each call).
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
 
 
 def validate_member_name(name):
@@ -128,6 +141,10 @@ class Ledger:
         self.key_path = key_path
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._signing_key = None
+        self._kinds = {}  # account -> kind; valid while db.rollbacks == _kinds_rollbacks
+        self._kinds_rollbacks = db.rollbacks
+        self._locked = None  # (transaction serial, rollbacks) under which lock() ran
+        self._cache = {}  # (account, asset) -> balance, plus the chain head and next open interval
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -252,9 +269,7 @@ class Ledger:
         return result
 
     def is_member(self, name):
-        return isinstance(name, str) and self.db.one(
-            "SELECT 1 FROM accounts WHERE name = ? AND kind = 'member'",
-            (member_account(name),)) is not None
+        return isinstance(name, str) and self._kind_or_none(member_account(name)) == "member"
 
     def member_names(self):
         return [row[0] for row in self.db.all(
@@ -267,10 +282,27 @@ class Ledger:
             "AND storage_capacity_wh > 0 ORDER BY name")]
 
     def account_kind(self, account):
-        row = self.db.one("SELECT kind FROM accounts WHERE name = ?", (account,))
-        if row is None:
+        kind = self._kind_or_none(account)
+        if kind is None:
             raise UnknownAccount(f"no account {account!r}")
-        return row[0]
+        return kind
+
+    def _kind_or_none(self, account):
+        """An account's kind, cached: kinds never change once an account exists."""
+        db = self.db
+        if self._kinds_rollbacks != db.rollbacks:
+            # A rolled-back transaction may have created an account we cached.
+            self._kinds = {}
+            self._kinds_rollbacks = db.rollbacks
+        kind = self._kinds.get(account)
+        if kind is None:
+            row = db.one("SELECT kind FROM accounts WHERE name = ?", (account,))
+            if row is None:
+                return None
+            if len(self._kinds) >= _CACHE_ENTRIES_MAX:
+                self._kinds = {}
+            kind = self._kinds[account] = row[0]
+        return kind
 
     def _require_member(self, name):
         if not self.is_member(name):
@@ -281,9 +313,17 @@ class Ledger:
     def balance(self, account, asset):
         if asset not in ASSETS:
             raise InvalidTransfer(f"unknown asset {asset!r}")
+        cache = self._locked_cache()
+        if cache is not None:
+            amount = cache.get((account, asset))
+            if amount is not None:
+                return amount
         row = self.db.one("SELECT amount FROM balances WHERE account = ? AND asset = ?",
                           (account, asset))
-        return 0 if row is None else row[0]
+        amount = 0 if row is None else row[0]
+        if cache is not None:
+            cache[(account, asset)] = amount
+        return amount
 
     def balances(self, account):
         found = dict(self.db.all("SELECT asset, amount FROM balances WHERE account = ?", (account,)))
@@ -312,16 +352,35 @@ class Ledger:
             raise InvalidTransfer(f"invalid transfer kind {kind!r}")
         legs = self._validate_legs(legs)
         meta = self._validate_meta(meta)
+        nested = self.db.in_transaction
         with self.db.transaction():
             self.lock()
             for leg in legs:
                 for account in (leg.debit, leg.credit):
                     if self.account_kind(account) in _RESTRICTED_KINDS:
                         raise InvalidTransfer(f"account {account} is not open to transfers")
-            result = self._book(transfer_id, kind, self._booking_interval(at_s), legs, meta)
-            if not result.replayed:
-                self._enforce_limits(legs, allow_receivable)
+            interval_s = self._booking_interval(at_s)
+            # Its own savepoint inside a batch (or any caller's transaction): a refusal
+            # below rolls back this transfer's entries only.
+            with self.db.atomic() if nested else contextlib.nullcontext():
+                result = self._book(transfer_id, kind, interval_s, legs, meta)
+                if not result.replayed:
+                    self._enforce_limits(legs, allow_receivable)
             return result
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Book many transfers in one database transaction, each atomic on its own.
+
+        Every `transfer` inside keeps its own id, idempotency and checks, and runs in a
+        savepoint: a refused one rolls back alone and raises as usual, the rest commit
+        together when the block ends (an exception escaping the block rolls back all).
+        This is how the exchange settles one matching run's fills: one commit, not one
+        per fill. The chain lock is held for the whole block, so keep batches short.
+        """
+        with self.db.transaction():
+            self.lock()
+            yield self
 
     def _validate_legs(self, legs):
         if not isinstance(legs, list | tuple) or not 1 <= len(legs) <= self.config.transfer_legs_max:
@@ -329,10 +388,11 @@ class Ledger:
         checked = []
         for leg in legs:
             if isinstance(leg, Leg):
-                leg = dataclasses.astuple(leg)
-            if not isinstance(leg, list | tuple) or len(leg) != 4:
+                debit, credit, asset, amount = leg.debit, leg.credit, leg.asset, leg.amount
+            elif isinstance(leg, list | tuple) and len(leg) == 4:
+                debit, credit, asset, amount = leg
+            else:
                 raise InvalidTransfer("each leg is (debit, credit, asset, amount)")
-            debit, credit, asset, amount = leg
             if not isinstance(debit, str) or not isinstance(credit, str) or debit == credit:
                 raise InvalidTransfer(f"a leg needs two different accounts, got {debit!r}, {credit!r}")
             if asset not in ASSETS:
@@ -361,7 +421,33 @@ class Ledger:
         reading balances means checks and writes see the same state on PostgreSQL
         (READ COMMITTED) as on SQLite (BEGIN IMMEDIATE).
         """
-        self.db.one("SELECT seq FROM chain_head WHERE id = 1" + self.db.for_update)
+        db = self.db
+        state = (db.transaction_serial, db.rollbacks)
+        if db.in_transaction and self._locked == state:
+            return  # held since earlier in this transaction (nothing rolled back since)
+        head = tuple(db.one("SELECT seq, hash FROM chain_head WHERE id = 1" + db.for_update))
+        if not db.in_transaction:
+            return
+        cache = self._cache
+        if self._locked is None or self._locked[1] != db.rollbacks or cache.get("head") != head or (
+                len(cache) > _CACHE_ENTRIES_MAX):
+            # Someone else booked since our last transaction, or ours rolled back: start over.
+            # Every booking moves the chain head, so an unchanged head means unchanged balances.
+            cache = self._cache = {"head": head}
+        else:
+            cache.pop("next_open", None)  # a close writes no entry: read it again
+        self._locked = state
+
+    def _locked_cache(self):
+        """The cache of this locked write transaction, or None outside one.
+
+        Valid only while the transaction that took the lock is open and nothing in it
+        rolled back since: then this connection is the only writer of the ledger.
+        """
+        db = self.db
+        if db.in_transaction and self._locked == (db.transaction_serial, db.rollbacks):
+            return self._cache
+        return None
 
     def _booking_interval(self, at_s):
         """The interval a transfer is labelled with: its event time's, or the first open one."""
@@ -374,45 +460,68 @@ class Ledger:
 
     def next_open_interval(self):
         """The first interval after the last closed one (None before the first close)."""
+        cache = self._locked_cache()
+        if cache is not None and "next_open" in cache:
+            return cache["next_open"]
         row = self.db.one("SELECT MAX(interval_start_s) FROM checkpoints")
-        return None if row is None or row[0] is None else row[0] + self.config.interval_s
+        result = None if row is None or row[0] is None else row[0] + self.config.interval_s
+        if cache is not None:
+            cache["next_open"] = result
+        return result
+
+    def _forget_next_open(self):
+        """A checkpoint was written: the next open interval moved."""
+        self._cache.pop("next_open", None)
 
     def _book(self, transfer_id, kind, interval_start_s, legs, meta):
         """Append one transfer's entries to the chain; the caller holds a transaction."""
-        digest = hashlib.sha256(_canonical(
-            [kind, [dataclasses.astuple(leg) for leg in legs]]).encode()).hexdigest()
-        seq, prev_hash = self.db.one(
-            "SELECT seq, hash FROM chain_head WHERE id = 1" + self.db.for_update)
-        inserted = self.db.execute(
+        db = self.db
+        rows = [(leg.debit, leg.credit, leg.asset, leg.amount) for leg in legs]
+        digest = hashlib.sha256(_canonical([kind, rows]).encode()).hexdigest()
+        cache = self._locked_cache()
+        head = None if cache is None else cache.get("head")
+        if head is None:
+            head = db.one("SELECT seq, hash FROM chain_head WHERE id = 1" + db.for_update)
+        seq, prev_hash = head
+        inserted = db.execute(
             "INSERT INTO transfers (transfer_id, kind, interval_start_s, first_seq, leg_count, digest, meta) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (transfer_id) DO NOTHING",
             (transfer_id, kind, interval_start_s, seq + 1, len(legs), digest, _canonical(meta)),
         ).rowcount
         if not inserted:
-            row = self.db.one("SELECT kind, interval_start_s, first_seq, leg_count, digest "
-                              "FROM transfers WHERE transfer_id = ?", (transfer_id,))
+            row = db.one("SELECT kind, interval_start_s, first_seq, leg_count, digest "
+                         "FROM transfers WHERE transfer_id = ?", (transfer_id,))
             if row[4] != digest:
                 raise IdempotencyConflict(
                     f"transfer id {transfer_id} was already used for different legs")
             return TransferResult(transfer_id, row[0], row[1], row[2], row[3], replayed=True)
         first_seq = seq + 1
-        for index, leg in enumerate(legs):
+        entries = []
+        deltas = {}
+        for index, (debit, credit, asset, amount) in enumerate(rows):
             seq += 1
-            leaf = checkpoints.entry_leaf(seq, transfer_id, index, leg.debit, leg.credit,
-                                          leg.asset, leg.amount, interval_start_s)
+            leaf = checkpoints.entry_leaf(seq, transfer_id, index, debit, credit, asset, amount,
+                                          interval_start_s)
             entry_hash = checkpoints.chain_hash(prev_hash, leaf)
-            self.db.execute(
-                "INSERT INTO entries (seq, transfer_id, leg, debit, credit, asset, amount, "
-                "interval_start_s, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, transfer_id, index, leg.debit, leg.credit, leg.asset, leg.amount,
-                 interval_start_s, prev_hash, entry_hash))
-            for account, delta in ((leg.debit, -leg.amount), (leg.credit, leg.amount)):
-                self.db.execute(
-                    "INSERT INTO balances (account, asset, amount) VALUES (?, ?, ?) "
-                    "ON CONFLICT (account, asset) DO UPDATE SET amount = balances.amount + excluded.amount",
-                    (account, leg.asset, delta))
+            entries.append((seq, transfer_id, index, debit, credit, asset, amount,
+                            interval_start_s, prev_hash, entry_hash))
+            deltas[(debit, asset)] = deltas.get((debit, asset), 0) - amount
+            deltas[(credit, asset)] = deltas.get((credit, asset), 0) + amount
             prev_hash = entry_hash
-        self.db.execute("UPDATE chain_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev_hash))
+        if entries:
+            db.executemany(
+                "INSERT INTO entries (seq, transfer_id, leg, debit, credit, asset, amount, "
+                "interval_start_s, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", entries)
+            db.executemany(
+                "INSERT INTO balances (account, asset, amount) VALUES (?, ?, ?) "
+                "ON CONFLICT (account, asset) DO UPDATE SET amount = balances.amount + excluded.amount",
+                [(account, asset, delta) for (account, asset), delta in deltas.items()])
+            db.execute("UPDATE chain_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev_hash))
+        if cache is not None:
+            cache["head"] = (seq, prev_hash)
+            for key, delta in deltas.items():
+                if key in cache:
+                    cache[key] += delta
         return TransferResult(transfer_id, kind, interval_start_s, first_seq, len(legs))
 
     def _enforce_limits(self, legs, allow_receivable=False):
@@ -466,6 +575,12 @@ class Ledger:
         return self._signing_key
 
     # --- delegated features -----------------------------------------------------------------
+
+    def settle_energy(self, interval_start_s, metered):
+        """Mint and burn one interval's energy now; the market trades before the close."""
+        from host_tools.settlement import intervals
+
+        return intervals.settle_energy(self, interval_start_s, metered)
 
     def settle_interval(self, interval_start_s, metered):
         """Apply ECONOMICS §1–§3 to one interval and close it (see `intervals`)."""

@@ -3,18 +3,24 @@
 What happens per interval, driven by the ingest's event-time clock (never the wall clock):
 
 1. The ingest decides that interval N is ready to close (its watermark passed N's end).
-2. Before the ledger settles N, `Market.close_interval(N)` runs: every member who opted in
-   through the API (`host_tools.api.store.agent_configs`) gets a budget-constrained ZI-C agent
-   (ECONOMICS §5) that acts once for delivery interval N; then the book's interval N closes
-   (orders expire, good-till-cancelled ones move on) and its reference price — volume-weighted,
-   or the previous one carried over — is recorded and published retained at QoS1 on
-   `energo/v1/<community>/price` as `{"interval_start_s", "price_micro_per_kwh", "volume_wh",
-   "trade_count", "carried"}`.
-3. The ledger settles N (`Ledger.settle_interval`: mint, burn, cap/feed-in, storage fee,
-   checkpoint); afterwards `Market.after_settle(N)` tells the book whose balances moved, so
-   resting orders that became executable (new cover, new cap room) execute.
+2. The ledger books N's energy (`Ledger.settle_energy`: mint, burn) and commits, so N's
+   production is in the members' balances — above their caps, too (ECONOMICS §2).
+3. `Market.close_interval(N)` runs: resting orders whose owners' balances moved execute; every
+   member who opted in through the API (`host_tools.api.store.agent_configs`) gets a
+   budget-constrained ZI-C agent (ECONOMICS §5) that acts once for delivery interval N — a
+   member above the agent's upper threshold, or above the cap, asks for the excess — then the
+   book's interval N closes (orders expire, good-till-cancelled ones move on) and its reference
+   price — volume-weighted, or the previous one carried over — is recorded and published
+   retained at QoS1 on `energo/v1/<community>/price` as `{"interval_start_s",
+   "price_micro_per_kwh", "volume_wh", "trade_count", "carried"}`.
+4. The ledger closes N (`Ledger.settle_interval`: what is still above a cap is sold to the grid,
+   the storage fee, the checkpoint); afterwards `Market.after_settle(N)` tells the book whose
+   balances moved, so resting orders that became executable (new cover, new cap room) execute.
+So energy above a cap is offered on the market first and only the unsold rest is fed in.
 
-Every fill is one atomic, idempotent ledger transfer (`settlement.port.LedgerPort`).
+Every fill is one atomic, idempotent ledger transfer (`settlement.port.LedgerPort`); the agents
+of an interval act inside one `Ledger.batch()`, so their fills commit together while each
+stays its own transfer (a refused fill rolls back alone).
 
 Decisions:
 * The reference price is recorded in a table of its own, `market_reference_prices`, in the
@@ -31,11 +37,9 @@ Decisions:
   own thread (`MarketWorker`, built on the API's `ExchangeWorker`); the HTTP API and the ingest
   both reach it through the same gate.
 
-Known limit: ECONOMICS §2 wants energy exported beyond the cap offered on the market before the
-rest is fed in. The ledger mints and applies the cap in one transaction (`settle_interval`), so
-the agents see balances as of the previous close and production above the cap inside N is fed in
-at N's close. Closing that gap needs the ledger to commit N's mint and burn first and apply the
-cap, fee and checkpoint in a second step; `close_interval` would then run between the two.
+Known limit: a batch's fills are reported to the book before its commit; if the commit itself
+fails (the disk, not a rule), the book holds fills the ledger does not, until a restart rebuilds
+the exchange from the ledger.
 """
 import json
 import random
@@ -304,12 +308,17 @@ class Market:
                        exchange.open_from_s + (_CLOSE_CHUNK_INTERVALS - 1) * step)
             closed, _ = exchange.close_interval(upto)
             self._record(closed, 0, 0)
+        self._sweep_booked_energy()
         agent_count, orders, trades = self._run_agents(interval_start_s)
         closed, _ = exchange.close_interval(interval_start_s)
         row = self._record(closed, agent_count, orders)
         self.counts["intervals"] += 1
         self._publish_row(row)
         return dict(row, replayed=False, agent_trades=trades)
+
+    def before_settle(self, interval_start_s):
+        """`MarketIngest`'s hook when the market runs on the ingest's thread: `close_interval`."""
+        return self.close_interval(interval_start_s)
 
     def after_settle(self, interval_start_s):
         """The ledger settled N (mint, burn, cap): re-run resting orders whose owners' balances
@@ -351,6 +360,20 @@ class Market:
                 configs.append(store.agent_config(member, settings))
         return configs
 
+    def _sweep_booked_energy(self):
+        """N's energy may be booked already (`Ledger.settle_energy`): resting orders it made
+        executable run now, before the agents act. A refused fill hits only that member."""
+        exchange = self.exchange
+        with self.ledger.batch():
+            for member in self.ledger.member_names():
+                if not exchange.open_orders(member):
+                    continue
+                try:
+                    exchange.on_balance_change(member)
+                except (LedgerError, SettlementError) as exc:
+                    self.counts["agent_ledger_refusals"] += 1
+                    self.last_error = f"{member}: {str(exc)[:250]}"
+
     def _run_agents(self, interval_start_s):
         """Each opted-in member's agent acts once, in a seeded order. Returns (agents, orders,
         trades). A ledger refusal hits only that member's order."""
@@ -364,20 +387,21 @@ class Market:
         port = self.port
         exchange = self.exchange
         orders = trades = 0
-        for member in members:
-            if not port.has_member(member):
-                continue
-            agent = runner.agent(member)
-            refused_before = agent.refused_count
-            try:
-                acks = agent.act(exchange, port, interval_start_s)
-            except (LedgerError, SettlementError) as exc:
-                self.counts["agent_ledger_refusals"] += 1
-                self.last_error = f"{member}: {str(exc)[:250]}"
-                continue
-            self.counts["agent_refusals"] += agent.refused_count - refused_before
-            orders += len(acks)
-            trades += sum(len(ack.trades) for ack in acks)
+        with self.ledger.batch():
+            for member in members:
+                if not port.has_member(member):
+                    continue
+                agent = runner.agent(member)
+                refused_before = agent.refused_count
+                try:
+                    acks = agent.act(exchange, port, interval_start_s)
+                except (LedgerError, SettlementError) as exc:
+                    self.counts["agent_ledger_refusals"] += 1
+                    self.last_error = f"{member}: {str(exc)[:250]}"
+                    continue
+                self.counts["agent_refusals"] += agent.refused_count - refused_before
+                orders += len(acks)
+                trades += sum(len(ack.trades) for ack in acks)
         self.counts["agent_orders"] += orders
         self.counts["agent_trades"] += trades
         return len(members), orders, trades
@@ -519,7 +543,7 @@ class MarketIngest(Ingest):
             start = self._ready_interval()
             if start is None:
                 return
-            if not self._run_market(start, stats):
+            if not self._settle_energy(start, stats) or not self._run_market(start, stats):
                 return
             closed_before = stats["intervals_closed"]
             self._watermark_cap_s = start + self.interval_s
@@ -534,6 +558,23 @@ class MarketIngest(Ingest):
                 self.market.after_settle(start)
             except Exception as exc:  # noqa: BLE001 - resting orders wait for the next change
                 self._market_failed(stats, exc)
+
+    def _settle_energy(self, start, stats):
+        """Book N's energy before the market runs (ECONOMICS §2); True when it is booked.
+
+        The same input `Ingest` settles N with, so its `settle_interval` then only books what
+        arrived in between and applies the cap and the fee. A refusal is retried next batch.
+        """
+        metered = {member: (import_wh, export_wh) for member, import_wh, export_wh in self.db.all(
+            "SELECT member, import_wh, export_wh FROM ingest_open_energy "
+            "WHERE interval_start_s = ?", (start,))}
+        try:
+            self.ledger.settle_energy(start, metered)
+        except (LedgerError, *self.db.errors) as exc:
+            stats["close_failures"] += 1
+            self.last_close_error = str(exc)[:300]
+            return False
+        return True
 
     def _run_market(self, start, stats):
         """True when the interval may be settled now."""

@@ -74,6 +74,14 @@ _SCHEMA = [
         body TEXT NOT NULL,
         hash TEXT NOT NULL,
         signature TEXT NOT NULL)""",
+    # Mint/burn steps of an interval not yet closed (`intervals.settle_energy`): each step
+    # stores the cumulative metered input it brought the interval to.
+    """CREATE TABLE IF NOT EXISTS interval_energy (
+        interval_start_s BIGINT NOT NULL,
+        step INTEGER NOT NULL CHECK (step > 0),
+        metered TEXT NOT NULL,
+        totals TEXT NOT NULL,
+        PRIMARY KEY (interval_start_s, step))""",
     """CREATE TABLE IF NOT EXISTS fee_carry (
         account TEXT PRIMARY KEY REFERENCES accounts (name),
         carry_micro_wh BIGINT NOT NULL CHECK (carry_micro_wh >= 0 AND carry_micro_wh < 1000000))""",
@@ -113,6 +121,11 @@ class Database:
         self.backend, target = parse_url(url)
         self.url = url
         self._depth = 0
+        # Counters the ledger's caches key on: which outermost transaction is open, and how
+        # many rollbacks (whole transactions or savepoints) this connection has seen.
+        self.transaction_serial = 0
+        self.rollbacks = 0
+        self._savepoints = 0
         if self.backend == "sqlite":
             self.path = target
             try:
@@ -152,6 +165,12 @@ class Database:
         cursor.execute(self._sql(sql), tuple(params))
         return cursor
 
+    def executemany(self, sql, rows):
+        """Run one statement for each parameter tuple in `rows` (one round of the driver)."""
+        cursor = self._conn.cursor()
+        cursor.executemany(self._sql(sql), [tuple(row) for row in rows])
+        return cursor
+
     def one(self, sql, params=()):
         return self.execute(sql, params).fetchone()
 
@@ -167,6 +186,10 @@ class Database:
                 return
             yield from rows
 
+    @property
+    def in_transaction(self):
+        return self._depth > 0
+
     @contextlib.contextmanager
     def transaction(self):
         """All-or-nothing block; nested blocks join the outermost one."""
@@ -178,20 +201,60 @@ class Database:
                 self._depth -= 1
             return
         self._depth = 1
+        self.transaction_serial += 1
         try:
             if self.backend == "sqlite":
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield self
                 except BaseException:
+                    self.rollbacks += 1
                     self._conn.execute("ROLLBACK")
                     raise
-                self._conn.execute("COMMIT")
+                try:
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self.rollbacks += 1
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
             else:
-                with self._conn.transaction():
-                    yield self
+                try:
+                    with self._conn.transaction():
+                        yield self
+                except BaseException:
+                    self.rollbacks += 1
+                    raise
         finally:
             self._depth = 0
+
+    @contextlib.contextmanager
+    def atomic(self):
+        """All-or-nothing block that may fail alone: a transaction, or a savepoint inside one.
+
+        Inside an open transaction an exception rolls back only this block's writes (SQL
+        SAVEPOINT), so one refused transfer of a batch leaves the batch's others standing.
+        """
+        if not self._depth:
+            with self.transaction():
+                yield self
+            return
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        self._depth += 1
+        try:
+            self._conn.execute(f"SAVEPOINT {name}")
+            try:
+                yield self
+            except BaseException:
+                self.rollbacks += 1
+                self._conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                self._conn.execute(f"RELEASE SAVEPOINT {name}")
+                raise
+            self._conn.execute(f"RELEASE SAVEPOINT {name}")
+        finally:
+            self._depth -= 1
+            self._savepoints -= 1
 
     def ensure_schema(self):
         """Create the schema on first use; refuse a schema from a newer version."""
