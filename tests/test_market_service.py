@@ -128,3 +128,23 @@ def test_the_service_publishes_the_retained_price_after_an_interval_closes(tmp_p
         assert ledger.check().ok and ledger.verify_checkpoints().ok
     finally:
         ledger.close()
+
+    # After a restart the book's memory is empty; the API reads the recorded prices instead.
+    http_port = services.free_port()
+    service = Service(db_url, mosquitto.url, "demo", key_path=str(key_path), grace_s=0,
+                      batch_wait_ms=10, http_address=f"127.0.0.1:{http_port}",
+                      market_config=MarketConfig(seed=4))
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        assert service.connected.wait(10), "service did not connect"
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/v1/prices",
+                                    timeout=5) as reply:
+            api = json.loads(reply.read())
+    finally:
+        service.stop_event.set()
+        thread.join(15)
+    recorded = {p["interval_start_s"]: p for p in api["reference_prices"]}
+    assert recorded[interval] == {"interval_start_s": interval,
+                                  "price_micro_per_kwh": payload["price_micro_per_kwh"],
+                                  "volume_wh": 400, "trade_count": 1, "carried": False}

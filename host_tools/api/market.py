@@ -158,4 +158,24 @@ def prices(ctx):
                     exchange.last_reference_price_micro_per_kwh,
                 "quotes": quotes, "reference_prices": reference}
 
-    return 200, _gate(ctx).call(view)
+    result = _gate(ctx).call(view)
+    recorded = _recorded_prices(ctx, closed_max)
+    if recorded is not None:
+        result["reference_prices"] = recorded
+    return 200, result
+
+
+def _recorded_prices(ctx, limit):
+    """The reference prices the service's market recorded (they survive a restart, unlike the
+    book's memory); None when this service records none (an exchange without the market)."""
+    from host_tools.settlement import market as settlement_market
+
+    db = ctx.ledger.db
+    if db.get_meta("market_schema_version") is None:  # the market's tables were never made
+        return None
+    rows = settlement_market.reference_prices(db, limit=limit)
+    if not rows:
+        return None
+    fields = ("interval_start_s", "price_micro_per_kwh", "volume_wh", "trade_count", "carried")
+    return [{name: (bool(row[name]) if name == "carried" else row[name]) for name in fields}
+            for row in rows]
