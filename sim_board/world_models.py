@@ -172,6 +172,12 @@ class Ev:
     valid PWM). C: plugged and asking. The EV draws current only in state C with the
     contactor closed, at min(pilot current, acceptance current); above 80 % state of charge
     the acceptance tapers linearly to zero at 100 % (the constant-voltage phase).
+
+    A scripted vehicle (`sim_board.vehicle`) takes over with the hooks `plug`/`unplug` (at
+    chosen virtual times, replacing the seeded schedule from the first one on), `set_asking`
+    (stop asking: C to B, and resume) and `set_ignore_limit` (draw more than the pilot
+    offers). `session_energy_wh` is the energy that went into the battery since the current
+    plug-in: the ground truth a vehicle compares the charger's meter with.
     """
 
     def __init__(self, seed, site_name, cfg, start_s):
@@ -189,6 +195,12 @@ class Ev:
         self.soc_wh = 0.0
         self.session = None
         self.energy_charged_wh = 0.0
+        # control hooks for a scripted vehicle (sim_board.vehicle); the defaults are the plain
+        # EV above: it asks whenever it can take energy and obeys the pilot's limit
+        self.asking = True
+        self.ignore_limit_a = None
+        self.session_energy_wh = 0.0
+        self._manual = []  # [plug_s, unplug_s, soc at plug-in], chosen by a script
 
     def sessions_of_day(self, day):
         """Plug-in sessions starting on `day`: list of (plug_s, unplug_s, soc at arrival)."""
@@ -217,8 +229,39 @@ class Ev:
         self._sessions[day] = sessions
         return sessions
 
+    def plug(self, t_s, soc_start):
+        """Plug the EV in at virtual time `t_s` (now or later) with the given state of charge.
+
+        A scripted plug-in takes precedence over the seeded schedule while it lasts; it stays
+        plugged until `unplug`. The site's integrator must be told (see sim_board.vehicle).
+        """
+        if isinstance(soc_start, bool) or not isinstance(soc_start, (int, float)) or not (
+            0.0 <= soc_start <= 1.0
+        ):
+            raise ValueError(f"state of charge must be 0..1, got {soc_start!r}")
+        if any(p <= t_s < u for p, u, _ in self._manual) or any(
+            p >= t_s for p, _, _ in self._manual
+        ):
+            raise ValueError(f"the EV is already plugged in (or will be) at {t_s!r}")
+        self._manual.append([float(t_s), math.inf, float(soc_start)])
+        if len(self._manual) > 64:
+            self._manual.pop(0)
+
+    def unplug(self, t_s):
+        """End the scripted plug-in that covers `t_s` at `t_s` (ValueError if none does)."""
+        for entry in self._manual:
+            if entry[0] <= t_s < entry[1]:
+                entry[1] = float(t_s)
+                return
+        raise ValueError(f"no scripted plug-in covers {t_s!r}")
+
     def session_at(self, t_s):
         """The session covering `t_s`, or None (unplugged)."""
+        for plug, unplug, soc in self._manual:
+            if plug <= t_s < unplug:
+                return (plug, unplug, soc)
+        if self._manual and t_s >= self._manual[0][0]:
+            return None  # under a script: the seeded schedule no longer applies
         day = int((t_s - self._start_s) // DAY_S)
         for d in (day, day - 1):
             if d < 0:
@@ -232,6 +275,10 @@ class Ev:
         """The first plug or unplug time strictly after `t_s` (bounded search of 3 days)."""
         day = int((t_s - self._start_s) // DAY_S)
         best = math.inf
+        for plug, unplug, _soc in self._manual:
+            for edge in (plug, unplug):
+                if t_s < edge < best:
+                    best = edge
         for d in range(max(0, day - 1), day + 3):
             for plug, unplug, _soc in self.sessions_of_day(d):
                 for edge in (plug, unplug):
@@ -243,9 +290,13 @@ class Ev:
         """Track plug-in and unplug at `t_s`; a new session resets the state of charge."""
         session = self.session_at(t_s)
         if session != self.session:
+            # a session is known by its plug-in time: a scripted unplug time set later does
+            # not make it a new session
+            new = session is None or self.session is None or session[0] != self.session[0]
             self.session = session
-            if session is not None:
+            if session is not None and new:
                 self.soc_wh = session[2] * self.capacity_wh
+                self.session_energy_wh = 0.0
 
     def _acceptance_a(self):
         """What the battery accepts now: full current up to 80 %, then a linear taper."""
@@ -254,6 +305,10 @@ class Ev:
             return self.acceptance_a
         return self.acceptance_a * max(0.0, (1.0 - soc) / 0.2)
 
+    def full(self):
+        """Whether the battery takes less than 1 A: a vehicle ends its charge there."""
+        return self._acceptance_a() < 1.0
+
     def pilot_state(self):
         """'A', 'B' or 'C' as the EV presents it on the pilot line right now.
 
@@ -261,7 +316,7 @@ class Ev:
         """
         if self.session is None:
             return "A"
-        if self._acceptance_a() < 1.0 or pilot_current_a(self.duty_pct) <= 0.0:
+        if not self.asking or self._acceptance_a() < 1.0 or pilot_current_a(self.duty_pct) <= 0.0:
             return "B"
         return "C"
 
@@ -270,9 +325,14 @@ class Ev:
         if not self.contactor_closed or self.pilot_state() != "C":
             return 0.0
         acceptance = self._acceptance_a()
+        limit = pilot_current_a(self.duty_pct)
+        if self.ignore_limit_a is not None:
+            # a misbehaving EV draws what it likes, only the battery's taper still applies
+            acceptance = self.ignore_limit_a * acceptance / self.acceptance_a
+            limit = self.ignore_limit_a
         # an on-board charger regulates in 0.1 A steps; it also keeps the power piecewise
         # constant for the world's integrator
-        return math.floor(min(acceptance, pilot_current_a(self.duty_pct)) * 10.0) / 10.0
+        return math.floor(min(acceptance, limit) * 10.0) / 10.0
 
     def constant_current_headroom_wh(self):
         """Energy the EV can take before its acceptance starts to taper (0 when tapering)."""
@@ -282,3 +342,15 @@ class Ev:
         """Account energy delivered into the EV battery (never beyond full)."""
         self.soc_wh = min(self.capacity_wh, self.soc_wh + energy_wh)
         self.energy_charged_wh += energy_wh
+        self.session_energy_wh += energy_wh
+
+    def set_asking(self, asking):
+        """The vehicle asks for energy (C when it can) or not (B: done, paused, waiting)."""
+        self.asking = bool(asking)
+
+    def set_ignore_limit(self, amps):
+        """Misbehaviour: draw up to `amps` whatever the pilot offers (None: obey the pilot)."""
+        if amps is not None and (isinstance(amps, bool) or not isinstance(amps, (int, float))
+                                 or not 0.0 < amps <= 80.0):
+            raise ValueError(f"ignored limit must be 0..80 A or None, got {amps!r}")
+        self.ignore_limit_a = None if amps is None else float(amps)
