@@ -28,13 +28,16 @@ def start():
         return None
     board = boardcfg.load(text)
     settings = devcfg.load("/device.json")
-    if board["role"] != "meter":
+    if board["role"] == "meter":
+        from energo.meter import Meter as Role
+    elif board["role"] == "charger":
+        from energo.charger import Charger as Role
+    else:
         print("energo: role", board["role"], "is not available in this firmware")
         return None
-    from energo.meter import Meter
 
     _wifi(settings)
-    role = Meter(board, settings, machine, reset_cause=machine.reset_cause())
+    role = Role(board, settings, machine, reset_cause=machine.reset_cause())
     device_id = role.open()
     import binascii
 
@@ -42,7 +45,7 @@ def start():
 
     # The public key is not secret: provisioning and the console read it from here.
     spki = binascii.hexlify(p256.spki_encode(role.keystore.public_key)).decode()
-    print("energo: meter", device_id, "board", board["name"], "key", spki)
+    print("energo:", board["role"], device_id, "board", board["name"], "key", spki)
     return role
 
 

@@ -1,7 +1,8 @@
-"""energo bench firmware-mem: the meter role's heap on real MicroPython (wasm), and its parts.
+"""energo bench firmware-mem: the meter and charger roles' heap on real MicroPython (wasm).
 
-One short MicroPython run (one measured record at the firmware's shortest interval) serves the
-end-to-end checks; the parsing, argument checks, stand-ins and run.mjs --async are tested alone.
+One short run of each role (the meter: one measured record at the firmware's shortest
+interval; the charger: one offline session with one C record) serves the end-to-end checks;
+the parsing, argument checks, stand-ins and run.mjs --async are tested alone.
 """
 import json
 import subprocess
@@ -31,7 +32,7 @@ def bench_result():
     capture = subprocess.run(
         [sys.executable, "-m", "host_tools.cli", "bench", "firmware-mem", "--json",
          "--records", "1", "--interval-s", "5"],
-        capture_output=True, text=True, timeout=180, cwd=micropython.ROOT)
+        capture_output=True, text=True, timeout=360, cwd=micropython.ROOT)
     if capture.returncode != 0 and "cannot get umqtt.simple" in capture.stderr:
         return ("unavailable", capture.stderr.strip())
     return (capture.returncode, capture.stdout, capture.stderr)
@@ -56,6 +57,40 @@ def test_bench_prints_the_meter_figures(bench_result):
     assert result["role"] == "meter"
     assert result["code"] == "mpy"
     assert result["heap_bytes"] == firmware_mem.HEAP_BYTES_DEFAULT
+
+
+@pytest.mark.mpy
+def test_bench_prints_the_charger_figures(bench_result):
+    result = _figures(bench_result)
+    assert result["roles"] == ["meter", "charger"]
+    for key in ("charger_peak_heap_bytes", "charger_retained_heap_bytes",
+                "charger_modules_bytes", "charger_boot_retained_bytes",
+                "charger_interpreter_baseline_bytes", "charger_standins_bytes",
+                "charger_peak_absolute_bytes", "charger_heap_grew", "charger_peak_target_bytes"):
+        assert key in result, key
+    peak = result["charger_peak_heap_bytes"]
+    assert 0 < result["charger_retained_heap_bytes"] < peak
+    assert 0 < result["charger_modules_bytes"] < result["charger_boot_retained_bytes"]
+    assert result["charger_peak_absolute_bytes"] == (
+        peak + result["charger_interpreter_baseline_bytes"] + result["charger_standins_bytes"])
+    # Between passes of a session it keeps more than once the session waits for settlement.
+    assert result["charger_boot_retained_bytes"] <= result["charger_after_session_retained_bytes"]
+    assert result["charger_after_session_retained_bytes"] <= result["charger_retained_heap_bytes"]
+    # The charger has the meter's code and more.
+    assert result["charger_modules_bytes"] > result["meter_modules_bytes"]
+
+
+@pytest.mark.mpy
+def test_the_charger_served_a_whole_session(bench_result):
+    result = _figures(bench_result)
+    # Offline (the broker refuses): offer, auth, grant from the allow-list, TX B, a C record,
+    # the vehicle's stop, TX E, its countersignature; journaled and waiting for the service.
+    assert result["charger_session_state"] == "closing"
+    assert result["charger_session_countersigned"] is True
+    assert result["charger_session_records"] >= 3
+    assert result["charger_session_errors"] == 0
+    assert result["charger_link_connect_failures"] >= 1
+    assert result["charger_vehicle_passes_skipped"] >= 1
 
 
 @pytest.mark.mpy
@@ -122,6 +157,7 @@ def test_parse_result_takes_the_last_line():
     ("Traceback (most recent call last):\n", "ended with"),
     ("[1, 2]\n", "did not report the meter role"),
     (_good_output(role="charger"), "did not report the meter role"),
+    ("[1]\n" + json.dumps({"role": "meter"}) + "\n", "meter_peak_heap_bytes=None"),
     (_good_output(meter_peak_heap_bytes=-1), "meter_peak_heap_bytes=-1"),
     (_good_output(meter_peak_heap_bytes=1.5), "meter_peak_heap_bytes=1.5"),
     (_good_output(meter_peak_heap_bytes=True), "meter_peak_heap_bytes=True"),

@@ -28,9 +28,12 @@
 # MQTTClient per attempt); a connected link adds the socket object and per-publish packet
 # garbage, which this bench does not see (the port has no sockets, and a broker stand-in in the
 # same heap would blur the figure).
-# Roles: ROLES maps each to its script (run on MicroPython) and board file. A charger adds
-# host_tools/micropython/mem_charger.py printing the same figures as charger_* keys, and an
-# entry here; `--role charger` then measures it.
+# Roles: ROLES maps each to its script (run on MicroPython) and board file. The charger's
+# (host_tools/micropython/mem_charger.py) serves one whole offline session with a stand-in
+# vehicle and prints the same figures as charger_* keys (no per-step churn figures; its extra
+# keys say the session ran). `--role all`, the default, runs both, one after the other, and
+# reports the meter's figures as before plus every charger_* figure; the charger run's own
+# baseline, stand-ins and heap sizes are prefixed charger_ too.
 import json
 import os
 import pathlib
@@ -45,7 +48,8 @@ from host_tools.errors import UsageError
 NAME = "firmware-mem"
 _HERE = pathlib.Path(micropython.__file__).resolve().parent
 STANDINS = _HERE / "standins"
-ROLES = {"meter": (_HERE / "mem_meter.py", "esp32-meter-ct.json")}
+ROLES = {"meter": (_HERE / "mem_meter.py", "esp32-meter-ct.json"),
+         "charger": (_HERE / "mem_charger.py", "esp32-evse.json")}
 HEAP_BYTES_DEFAULT = 256 * 1024
 _HEAP_BYTES_MIN = 64 * 1024
 _HEAP_BYTES_MAX = 64 * 1024 * 1024
@@ -62,8 +66,8 @@ class MeasureError(UsageError):
 
 
 def add_arguments(parser):
-    parser.add_argument("--role", choices=sorted(ROLES), default="meter",
-                        help="the firmware role to measure (default meter)")
+    parser.add_argument("--role", choices=sorted(ROLES) + ["all"], default="all",
+                        help="the firmware role to measure, or all of them (default all)")
     parser.add_argument("--records", type=int, default=4,
                         help="records measured in steady state, after the first (default 4)")
     parser.add_argument("--interval-s", type=int, default=5,
@@ -200,5 +204,24 @@ def measure(role="meter", records=4, interval_s=5, heap_bytes=HEAP_BYTES_DEFAULT
     return result
 
 
+_SHARED = ("interpreter_baseline_bytes", "standins_bytes", "heap_start_bytes", "heap_end_bytes",
+           "heap_grew")
+
+
+def measure_all(records=4, interval_s=5, heap_bytes=HEAP_BYTES_DEFAULT, code="mpy"):
+    """The meter's figures, then the charger's (charger_* keys) from a run of its own."""
+    result = measure("meter", records, interval_s, heap_bytes, code)
+    charger = measure("charger", records, interval_s, heap_bytes, code)
+    for key, value in charger.items():
+        if key.startswith("charger_"):
+            result[key] = value
+        elif key in _SHARED:
+            result["charger_" + key] = value
+    result["roles"] = ["meter", "charger"]
+    return result
+
+
 def run(args):
+    if args.role == "all":
+        return measure_all(args.records, args.interval_s, args.heap, args.code)
     return measure(args.role, args.records, args.interval_s, args.heap, args.code)

@@ -8,7 +8,9 @@
 # operation ends within timeout_s and failures surface as OSError. A failure
 # drops the connection; reconnects back off exponentially with jitter.
 #
-# Topics (ARCHITECTURE 4.2): energo/v1/<community>/<device>/{rec,ack,hello,state}.
+# Topics (ARCHITECTURE 4.2): energo/v1/<community>/<device>/{rec,ack,hello,state}; a charger
+# (ev=True) also publishes on <device>/ev and takes <device>/ev/reply and the community's
+# retained price into a bounded inbox its role drains.
 import json
 import time
 
@@ -22,6 +24,10 @@ _ACK_BYTES_MAX = const(64)
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(300000)
 _KEEPALIVE_S = const(60)
+EV_REPLY_BYTES_MAX = const(16384)  # a sync reply: certificate and a full allow-list
+_EV_INBOX_MAX = const(4)
+_PRICE_BYTES_MAX = const(512)
+_CHUNK_BYTES = const(256)
 
 
 class _TimedSocket:
@@ -45,6 +51,8 @@ class _TimedSocket:
         return self._sock.read(n)
 
     def write(self, data, length=None):
+        if isinstance(data, Stream):
+            return data.write_to(self._sock)
         if length is None:
             return self._sock.write(data)
         return self._sock.write(memoryview(data)[:length])
@@ -71,10 +79,57 @@ def topic_base(community, device_id):
     return "energo/v1/%s/%s/" % (community, device_id)
 
 
+class Stream:
+    """A message written in pieces: bytes, or (path, offset, length) read from flash in small
+    chunks and written as the inside of a JSON string (quotes and backslashes escaped; the
+    records it carries are ASCII). umqtt.simple takes len() of it and hands it to our
+    socket's write(), so a close with a whole session's records is never in RAM at once."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.size = 0
+        for part in parts:
+            if isinstance(part, tuple):
+                self.size += part[2] + self._each(part, None)
+            else:
+                self.size += len(part)
+
+    def __len__(self):
+        return self.size
+
+    @staticmethod
+    def _each(part, sock):
+        """Read a file part in chunks; write it escaped to sock (if any). Returns the escapes."""
+        path, offset, left = part
+        buf = bytearray(_CHUNK_BYTES)
+        extra = 0
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while left:
+                n = f.readinto(memoryview(buf)[:min(left, _CHUNK_BYTES)])
+                if not n:
+                    raise OSError("file shrank while sending")
+                chunk = bytes(buf[:n])
+                escaped = chunk.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+                extra += len(escaped) - n
+                if sock is not None:
+                    sock.write(escaped)
+                left -= n
+        return extra
+
+    def write_to(self, sock):
+        for part in self.parts:
+            if isinstance(part, tuple):
+                self._each(part, sock)
+            else:
+                sock.write(part)
+        return self.size
+
+
 class Link:
     """Connect, publish records QoS1, receive cumulative acks; never blocks past timeout_s."""
 
-    def __init__(self, device_id, settings, timeout_s=5, clock=time, rand=None):
+    def __init__(self, device_id, settings, timeout_s=5, clock=time, rand=None, ev=False):
         self.device_id = device_id
         self.settings = settings
         self.timeout_s = timeout_s
@@ -85,11 +140,18 @@ class Link:
         self.topic_ack = base + "ack"
         self.topic_hello = base + "hello"
         self.topic_state = base + "state"
+        self.ev = ev
+        self.topic_ev = base + "ev"
+        self.topic_ev_reply = base + "ev/reply"
+        self.topic_price = "energo/v1/%s/price" % settings["community"]
+        self.inbox = []  # ev replies (bytes), oldest first, at most _EV_INBOX_MAX
+        self.price = None  # the community's reference price (µ/kWh) as last published
         self.client = None
         self.acked = None  # highest counter the service settled with no gap
         self.failures = 0
         self.next_try_ms = clock.ticks_ms()
-        self.errors = {"connect": 0, "publish": 0, "ack_bad": 0, "ack_foreign": 0}
+        self.errors = {"connect": 0, "publish": 0, "ack_bad": 0, "ack_foreign": 0,
+                       "ev_reply_bad": 0, "ev_inbox_full": 0}
         self.last_error = None
 
     @property
@@ -143,6 +205,9 @@ class Link:
             client.publish(self.topic_state, b"online", True, 1)
             client.publish(self.topic_hello, json.dumps(hello).encode(), False, 1)
             client.subscribe(self.topic_ack, 1)
+            if self.ev:
+                client.subscribe(self.topic_ev_reply, 1)
+                client.subscribe(self.topic_price, 1)
         except (OSError, IndexError, AssertionError, simple.MQTTException) as exc:
             # IndexError/AssertionError: umqtt.simple's reaction to a closed or odd reply.
             self.last_error = "%s %s" % (type(exc).__name__, exc)
@@ -159,6 +224,24 @@ class Link:
         except (OSError, IndexError, AssertionError):
             return self._broken("publish")
         return True
+
+    def publish_ev(self, message):
+        """Publish one request (bytes, str or Stream) on <device>/ev, QoS1; False on failure."""
+        if self.client is None:
+            return False
+        if isinstance(message, str):
+            message = message.encode()
+        try:
+            self.client.publish(self.topic_ev, message, False, 1)
+        except (OSError, IndexError, AssertionError):
+            return self._broken("publish")
+        return True
+
+    def take_ev(self):
+        """The oldest ev reply received (bytes), or None."""
+        if self.inbox:
+            return self.inbox.pop(0)
+        return None
 
     def poll(self, messages_max=4):
         """Handle up to messages_max pending messages (acks); False if the link broke."""
@@ -180,6 +263,8 @@ class Link:
                 self._broken("publish")
 
     def _on_message(self, topic, msg):
+        if self.ev and self._on_ev(bytes(topic), msg):
+            return
         if bytes(topic) != self.topic_ack.encode():
             self.errors["ack_foreign"] += 1
             return
@@ -190,6 +275,25 @@ class Link:
         # The role checks the ack against the counters it has produced before trusting it.
         if self.acked is None or ack > self.acked:
             self.acked = ack
+
+    def _on_ev(self, topic, msg):
+        """Keep a charger's replies and price; True when the topic was one of them."""
+        if topic == self.topic_ev_reply.encode():
+            if not msg or len(msg) > EV_REPLY_BYTES_MAX:
+                self.errors["ev_reply_bad"] += 1
+            elif len(self.inbox) >= _EV_INBOX_MAX:
+                self.errors["ev_inbox_full"] += 1  # the service repeats what matters
+            else:
+                self.inbox.append(bytes(msg))
+            return True
+        if topic == self.topic_price.encode():
+            price = parse_price(msg)
+            if price is None:
+                self.errors["ev_reply_bad"] += 1
+            else:
+                self.price = price
+            return True
+        return False
 
     def close(self):
         if self.client is not None:
@@ -215,3 +319,17 @@ def parse_ack(msg):
     if isinstance(ack, bool) or not isinstance(ack, int) or not 0 <= ack < 1 << 40:
         return None
     return ack
+
+
+def parse_price(msg):
+    """The reference price (µ/kWh) of a price message, or None if it is malformed."""
+    if not msg or len(msg) > _PRICE_BYTES_MAX:
+        return None
+    try:
+        obj = json.loads(msg)
+    except (ValueError, TypeError):
+        return None
+    price = obj.get("price_micro_per_kwh") if isinstance(obj, dict) else None
+    if isinstance(price, bool) or not isinstance(price, int) or not 0 <= price < 1 << 40:
+        return None
+    return price

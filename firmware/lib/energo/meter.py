@@ -31,6 +31,9 @@ _SIG_HEAD = b'|{"SA":"' + ocmf.SA_P256.encode() + b'","SD":"'
 
 
 class Meter:
+    role = "meter"
+    firmware_name = FIRMWARE_NAME
+
     def __init__(self, board, settings, machine, root="/data", reset_cause=None):
         self.board = board
         self.settings = settings
@@ -50,7 +53,7 @@ class Meter:
             os.mkdir(self.root)
         except OSError:
             pass  # exists already
-        self.keystore = Keystore(self.root, "meter")
+        self.keystore = Keystore(self.root, self.role)
         self.keystore.open()
         if not self.keystore.ready():
             raise RuntimeError("no usable device key: %s" % self.keystore.problems)
@@ -109,9 +112,10 @@ class Meter:
                 self.errors["sample"] += 1
             await asyncio.sleep_ms(self.settings["sample_interval_ms"])
 
-    def make_record(self):
-        """Sign and store the next record; False when the outbox is full (retried later)
-        or the source has no reading yet (a record never carries a guessed register)."""
+    def make_record(self, pg="F", tx="C", tail=()):
+        """Sign and store the next record; the record's bytes, or False when the outbox is
+        full (retried later) or the source has no reading yet (a record never carries a
+        guessed register). A charger passes pg "T", its TX and the session's vendor keys."""
         if not self.source.ready:
             self.errors["no_reading"] += 1
             return False
@@ -121,30 +125,36 @@ class Meter:
         counter = self.counter.next_counter()
         now = wallclock.now_ms()
         sync = wallclock.sync_status()
-        readings = [ocmf.reading(now, "C", self.import_wh, ocmf.OBIS_IMPORT, sync),
-                    ocmf.reading(now, "C", self.export_wh, ocmf.OBIS_EXPORT, sync)]
+        readings = [ocmf.reading(now, tx, self.import_wh, ocmf.OBIS_IMPORT, sync),
+                    ocmf.reading(now, tx, self.export_wh, ocmf.OBIS_EXPORT, sync)]
         inst = self.source.instant
         extra = [("XP", inst.power_mw), ("XU", inst.voltage_mv), ("XI", inst.current_ma),
                  ("XF", inst.pf_milli)]
         if self.prev_sig_hash is not None:
             extra.insert(0, ("XC", self.prev_sig_hash))
+        extra.extend(tail)
         mm = self.board.get("meter", "adc").upper()
-        payload = ocmf.build_payload((FIRMWARE_NAME, self.device_id, FIRMWARE_VERSION),
-                                     "F%d" % counter, ("Energo", mm, self.device_id), readings,
-                                     extra)
+        payload = ocmf.build_payload((self.firmware_name, self.device_id, FIRMWARE_VERSION),
+                                     "%s%d" % (pg, counter), ("Energo", mm, self.device_id),
+                                     readings, extra)
         # Encoded once: the bytes signed are the bytes stored, and a second copy of a ~600-byte
         # payload (and of the whole record as text) is garbage every interval.
         payload = payload.encode()
         sig = self.keystore.sign(payload)
         record = b"".join((b"OCMF|", payload, _SIG_HEAD, binascii.hexlify(sig), b'"}'))
         try:
+            self.keep_record(counter, record)
             self.outbox.append(counter, record)
         except OutboxFull:
             self.errors["outbox_full"] += 1
             return False
         self.counter.commit(counter)
         self.prev_sig_hash = _sig_hash(sig)
-        return True
+        return record
+
+    def keep_record(self, counter, record):
+        """Called with each signed record before it goes to the outbox (a charger journals
+        its session records here)."""
 
     async def record_task(self):
         interval_ms = self.settings["record_interval_s"] * 1000
@@ -207,10 +217,14 @@ class Meter:
             ack = last
         self.outbox.ack(ack)
 
+    def error_sources(self):
+        """The error counters the status line sums (dicts, or objects with .errors)."""
+        return (self.errors, self.link.errors, getattr(self.source, "master", None))
+
     def status(self):
         """One console line: what a technician with a serial cable wants to know."""
         errors = {}
-        for source in (self.errors, self.link.errors, getattr(self.source, "master", None)):
+        for source in self.error_sources():
             counts = source if isinstance(source, dict) else getattr(source, "errors", {})
             for key in counts:
                 if counts[key]:
