@@ -6,7 +6,7 @@ charger's log, the service's counters), the contactor never closes, and no money
 member's balance and the ledger's holds as before), except for a tampered receipt, where
 exactly the genuine receipt's amount moved and both the vehicle and `energo verify` refuse the
 tampered copy. A vehicle that draws more than offered is shown to reach the charger's meter
-with the excess; the firmware's stop rules have no overcurrent trip to act on it.
+with the excess, and the charger's overcurrent trip ends that session.
 
 One charger serves all of them in turn (booting one is the slow part), as a public charge
 point serves one car after another; each test plugs its own vehicle in and pulls it out.
@@ -205,9 +205,9 @@ def test_tampered_receipt_is_refused_by_the_vehicle_and_by_verify(station):
         _leave(station, car)
 
 
-def test_vehicle_ignoring_the_limit_draws_more_than_offered_at_the_meter(station):
-    """The misbehaviour reaches the charger's own meter: the current the SDM630 sees is the
-    offer plus the excess (what an overcurrent trip has to act on)."""
+def test_vehicle_ignoring_the_limit_is_cut_off_by_the_overcurrent_trip(station):
+    """The misbehaviour reaches the charger's own meter (the SDM630 sees the offer plus the
+    excess), and the charger trips: contactor open, the session ended with TX A."""
     community, board, _ = station
     car = _story(station, "greedy", "ignore-limit",
                  lambda s: s["ask_s"] is not None and len(s["statuses"]) >= 2,
@@ -219,5 +219,26 @@ def test_vehicle_ignoring_the_limit_draws_more_than_offered_at_the_meter(station
             drawn_a = board.world.site.current_rms_a(board.now_s())
         assert offered_a == 32
         assert drawn_a == pytest.approx(offered_a + 12.0, rel=0.01)
+        assert board.run_until(lambda: "session: overcurrent:" in board.text(), WAIT_S), \
+            board.text()[-3000:]
+        closed = _contactor_closings(board, s["plug_s"])
+        assert closed, "the contactor never closed"
+        opened = [t for t, what, value in board.world.pilot.log
+                  if what == "contactor" and not value and t > closed[0]]
+        assert opened, "the contactor did not open after the overcurrent"
+        stopped = f"{s['offer']['nonce']} stopped, TX A"
+        assert board.run_until(lambda: stopped in board.text(), WAIT_S), board.text()[-3000:]
+        assert board.run_until(lambda: _stop(community, s["offer"]["nonce"]) == ("A", "settled"),
+                               WAIT_S), _stop(community, s["offer"]["nonce"])
     finally:
         _leave(station, car)
+
+
+
+def _stop(community, session):
+    """(how the service recorded the session's stop, its state), or None before the close."""
+    ledger = community.ledger()
+    try:
+        return ledger.db.one("SELECT stop, state FROM ev_sessions WHERE session = ?", (session,))
+    finally:
+        ledger.close()
