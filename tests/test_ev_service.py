@@ -299,6 +299,8 @@ def test_sync_answers_certificate_and_allow_list(kit):
     assert (cert["station"], cert["owner"], cert["fee"]) == (kit.station, "owner", FEE)
     allow = evproto.open_message(reply["allow"], "allow", community)
     assert [v["id"] for v in allow["vehicles"]] == [kit.vehicle]
+    # the price to offer: here no market runs, so the configured reference price
+    assert reply["price"] == kit.ev.ledger.config.ev_reference_price_micro_per_kwh
     kit.ev.set_station_fee(kit.station, 45_000)
     kit.ev.add_vehicle(spki(key("second car")), "other", 1_000)
     again = kit.send({"t": "sync"})

@@ -51,6 +51,17 @@ class EvService(EvAccounts):
                 return {row[0] for row in rows}
         return {self.ledger.config.ev_reference_price_micro_per_kwh}
 
+    def current_price(self):
+        """What a charger should offer now: the market's newest recorded reference price, or
+        the configured price when the service runs no market (sent in every sync answer, so
+        a charger needs no retained `price` message before its first offer)."""
+        if self.db.get_meta("market_schema_version") is not None:
+            row = self.db.one("SELECT price_micro_per_kwh FROM market_reference_prices "
+                              "ORDER BY interval_start_s DESC LIMIT 1")
+            if row is not None:
+                return row[0]
+        return self.ledger.config.ev_reference_price_micro_per_kwh
+
     # --- shared checks ------------------------------------------------------------------------
 
     def _check_pair(self, station_id, offer_text, auth_text, price_at_s):
@@ -267,7 +278,8 @@ class EvService(EvAccounts):
             if kind == "sync":
                 self.counts["sync"] += 1
                 reply = {"t": "sync", "cert": self.certificate(station_id),
-                         "allow": self.allow_list(), "community_key": self.community_key_hex()}
+                         "allow": self.allow_list(), "community_key": self.community_key_hex(),
+                         "price": self.current_price()}
             elif kind == "authorize":
                 reply = self.authorize(station_id, request.get("offer"), request.get("auth"))
             elif kind == "close":
