@@ -1,13 +1,15 @@
-"""`energo sim community`: the plan from the seed, option checks, and a short community run end
+"""`energo sim community`: the plan from the seed, option checks, and short community runs end
 to end (emulated meters with the real firmware, the embedded broker, `energo settle`) whose
-settled energy must match the world's ground truth and whose ledger must hold its invariants."""
+settled energy must match the world's ground truth and whose ledger must hold its invariants;
+one of them with the charge point and two vehicles that must each pay for a session and keep
+a receipt that `energo verify` accepts."""
 import json
 import sqlite3
 
 import pytest
 
 from host_tools.cli import main
-from host_tools.sim import community, summary
+from host_tools.sim import community, ev, summary
 
 
 def test_plan_follows_the_seed():
@@ -39,6 +41,8 @@ def test_plan_follows_the_seed():
     ({"broker_url": "tcp://x:1"}, "mqtt://"),
     ({"broker_url": "mqtt://h:1", "mosquitto": True}, "not both"),
     ({"db_url": "mysql://x/y"}, "sqlite:///"),
+    ({"ev_target_wh": 50}, "ev_target_wh"),
+    ({"ev_target_wh": 5000.5}, "ev_target_wh"),
 ])
 def test_bad_options_are_refused(change, message):
     with pytest.raises(community.SimError, match=message):
@@ -51,6 +55,7 @@ def test_bad_options_are_refused(change, message):
     (["--speed", "0"], "--speed must be from 1"),
     (["--broker", "mqtt://h:1", "--mosquitto"], "not allowed with"),
     (["--record-interval-s", "600"], "--record-interval-s must be from 15"),
+    (["--ev-target-wh", "99"], "--ev-target-wh must be from 100"),
 ])
 def test_cli_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -96,7 +101,7 @@ def test_a_non_empty_ledger_is_refused(tmp_path):
 def test_a_short_community_run_settles_the_world_exactly_once(tmp_path, capsys):
     out = tmp_path / "community"
     status = main(["sim", "community", "--households", "3", "--hours", "1", "--start-hour", "0",
-                   "--speed", "720",
+                   "--speed", "720", "--no-ev",
                    "--seed", "5", "--out", str(out)])
     printed = capsys.readouterr().out
     assert status == 0, printed[-3000:]
@@ -138,6 +143,7 @@ def test_a_short_community_run_settles_the_world_exactly_once(tmp_path, capsys):
         assert f'src="{name}"' in page
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(result["series"]) == {row["member"] for row in result["households"]}
+    assert result["ev_sessions"] is None and "not simulated (--no-ev)" in printed
 
 
 @pytest.mark.slow
@@ -163,3 +169,85 @@ def test_a_community_run_on_postgresql_and_mosquitto(tmp_path, postgres_url, cap
     assert energy["produced_wh"] > 0, "midday: the PV household exports"
     assert result["invariants"]["ok"] and result["invariants"]["checkpoints_ok"]
     assert result["records"]["rejected"] == {} and result["records"]["settled"] >= 50
+
+
+def test_vehicle_arrivals_follow_the_seed():
+    day = community.day_start_s()
+    whole_day = ev.plan_vehicles(1, day, day, day + 86_400)
+    assert whole_day == ev.plan_vehicles(1, day, day, day + 86_400)
+    assert whole_day != ev.plan_vehicles(2, day, day, day + 86_400)
+    morning, evening = (a["plug_s"] - day for a in whole_day)
+    assert 6.5 * 3600 <= morning <= 8.5 * 3600 and 17 * 3600 <= evening <= 19.5 * 3600
+    assert [a["member"] for a in whole_day] == list(ev.DRIVERS)
+    assert all(3000 <= a["target_wh"] <= 5000 < a["emax_wh"] for a in whole_day)
+    # A period without morning and evening still gets both, inside it and in order.
+    start = day + 10 * 3600
+    short = ev.plan_vehicles(1, day, start, start + 3600, target_wh=500)
+    assert start < short[0]["plug_s"] < short[1]["plug_s"] < start + 3600
+    assert [a["target_wh"] for a in short] == [500, 500]
+
+
+def test_a_community_run_with_a_charger_and_two_paying_vehicles(tmp_path, capsys):
+    """The charger and both vehicles in a short run: each session paid, its receipt verified
+    from the file the vehicle kept (by `energo verify`, against the service's key), the money
+    moved as the receipts say, and the station's meter settled like any other."""
+    from host_tools.settlement.ev_accounts import EvAccounts
+    from host_tools.settlement.ledger import MONEY, Ledger, member_account
+    from host_tools.settlement.registry import Registry
+
+    out = tmp_path / "community"
+    status = main(["sim", "community", "--households", "2", "--hours", "1", "--start-hour", "0",
+                   "--seed", "5", "--ev-target-wh", "500", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert status == 0, printed[-3000:]
+    result = json.loads((out / "summary.json").read_text())
+    block = result["ev_sessions"]
+    assert block["paid_verified"] == 2 and len(block["sessions"]) == 2, block
+    assert [s["member"] for s in block["sessions"]] == list(ev.DRIVERS)
+    for s in block["sessions"]:
+        assert s["state"] == "settled" and s["stop"] == "E" and not s["offline"], s
+        assert 500 <= s["wh"] <= 560, s  # the vehicle stopped at its target
+        assert s["fee_micro_per_kwh"] == ev.STATION_FEE_MICRO_PER_KWH
+        assert s["total_micro"] == s["energy_micro"] + s["fee_micro"] > 0
+        assert s["paid_to_owner_micro"] == s["total_micro"]
+        assert s["released_to_driver_micro"] == s["hold_micro"] - s["total_micro"]
+        assert s["hold_left_micro"] == 0 and s["receipt_verified"]
+    assert block["holds_open_micro"] == 0
+    assert block["paid_to_owner_micro"] == sum(s["total_micro"] for s in block["sessions"])
+    assert block["fees_to_owner_micro"] == sum(s["fee_micro"] for s in block["sessions"])
+    assert "2 of 2 planned" in printed and "receipt verified" in printed
+    assert "sessions 2" in printed, "the progress line counts the sessions"
+    # The station is metered like a household: settled = the world's truth, and at least
+    # what the vehicles were billed.
+    station = [row for row in result["households"] if row["member"] == ev.OWNER]
+    assert len(station) == 1, result["households"]
+    row = station[0]
+    assert abs(row["import_wh"] - row["true_import_wh"]) <= 0.01 * row["true_import_wh"] + 3
+    assert row["import_wh"] >= sum(s["wh"] for s in block["sessions"])
+    assert result["invariants"]["ok"] and result["invariants"]["checkpoints_ok"]
+    assert result["records"]["rejected"] == {} and result["records"]["pending"] == 0
+    ledger = Ledger.open(f"sqlite:///{out / 'ledger.db'}", key_path=str(out / "service-key.pem"))
+    try:
+        key = EvAccounts(ledger, Registry(ledger)).community_key_hex()
+        for s in block["sessions"]:
+            assert ledger.balance(member_account(s["member"]), MONEY) == -s["total_micro"]
+    finally:
+        ledger.close()
+    files = sorted((out / "receipts").glob("*.json"))
+    assert [f.stem for f in files] == sorted(s["session"] for s in block["sessions"])
+    for path in files:
+        assert main(["verify", str(path), "--community-key", key]) == 0
+    # The receipts can fail: one with its energy changed does not verify.
+    doc = json.loads(files[0].read_text())
+    body, signature = doc["receipt"].rsplit("|", 1)
+    wh = json.loads(body)["wh"]
+    doc["receipt"] = body.replace(f'"wh":{wh}', f'"wh":{wh + 1}') + "|" + signature
+    assert doc["receipt"] != json.loads(files[0].read_text())["receipt"]
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["verify", str(tampered), "--community-key", key]) == 1
+    assert "2 of 2 planned sessions paid with a verified receipt" in \
+        (out / "report.html").read_text()
+    console = (out / "boards" / "station.console.txt").read_text()
+    assert "Traceback" not in console and console.count("settled:") == 2

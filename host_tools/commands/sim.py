@@ -35,14 +35,17 @@ def register(sub):
     defaults = community.Options()
     run = kinds.add_parser(
         "community",
-        help="a community day: households with CT and Modbus meters, PV, a storage owner",
+        help="a community day: households with CT and Modbus meters, PV, a storage owner, "
+             "a charge point and two vehicles that pay",
         description="Provision and enroll one emulated meter per household, start the broker "
                     "and the settlement service, run the simulated period with a progress "
                     "line, then print the summary (settled energy beside the world's ground "
                     "truth, grid exchange, storage fees, ledger invariants, the last checkpoint) "
                     "and write summary.json and report.html into the output directory. "
                     "Ctrl-C stops the boards and prints a partial summary. The world, the "
-                    "devices' keys and the households follow from --seed.",
+                    "devices' keys, the households and the vehicles' arrivals follow from "
+                    "--seed; the vehicles' receipts are kept in the output directory's "
+                    "receipts/ for `energo verify`.",
         epilog="Example: energo sim community --households 6 --hours 24 --start-hour 0 --seed 3",
     )
     run.add_argument("--households", type=_number("--households", 1, community.HOUSEHOLDS_MAX,
@@ -89,6 +92,11 @@ def register(sub):
                      default=defaults.ct_sample_interval_ms,
                      help=f"CT meters' sampling interval; shorter is more accurate and "
                           f"costlier (default {defaults.ct_sample_interval_ms})")
+    run.add_argument("--no-ev", action="store_true",
+                     help="leave out the charge point and its two vehicles")
+    run.add_argument("--ev-target-wh", type=_number("--ev-target-wh", 100, 20_000, True),
+                     metavar="WH",
+                     help="energy each vehicle charges (default: 3000 to 5000 Wh from the seed)")
     run.add_argument("--no-report", action="store_true",
                      help="skip the HTML report (the summary is still printed and saved)")
     run.set_defaults(func=_run)
@@ -110,7 +118,7 @@ def options_from_args(args):
         db_url=args.db, broker_url=args.broker, mosquitto=args.mosquitto, out_dir=args.out,
         record_interval_s=args.record_interval_s, sample_interval_ms=args.sample_interval_ms,
         ct_sample_interval_ms=args.ct_sample_interval_ms,
-        report=not args.no_report)
+        report=not args.no_report, ev=not args.no_ev, ev_target_wh=args.ev_target_wh)
     try:
         return options.check()
     except community.SimError as exc:
@@ -132,4 +140,7 @@ def _run(args):
     if result["run"]["interrupted"]:
         print("(partial: the run was interrupted)", flush=True)
         return 130
-    return 0 if result["invariants"]["ok"] and result["invariants"]["checkpoints_ok"] else 1
+    ev = result.get("ev_sessions")
+    ev_ok = ev is None or ev["paid_verified"] == len(ev["planned"])
+    return 0 if result["invariants"]["ok"] and result["invariants"]["checkpoints_ok"] \
+        and ev_ok else 1

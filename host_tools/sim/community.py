@@ -17,16 +17,25 @@ Speed: all boards share one Python interpreter (one core under the GIL); the bro
 service run as processes of their own. A board costs about 0.5 ms of CPU per simulated second
 (SDM630) and 1.4 ms (CT, sampling every 5 s; see `Options.ct_sample_interval_ms`), mostly the
 firmware's own loops: profiling shows its link task peeking the flash outbox on every tick as
-the largest single cost. With 12 households this gives about 60x on a two-core machine, so a
-whole day takes about 25 minutes there; the default is four hours around noon. Boards that
+the largest single cost. With 12 households and the charge point this gives 40x to 60x on a
+two-core machine shared with other work, so a whole day takes 23 to 35 minutes there (the
+default four hours around noon six to seven); splitting the boards over one process per core
+would be the next lever. The charger is the costliest board by far and runs only around its
+sessions (see `host_tools.sim.ev`). Boards that
 cannot keep up fall behind their schedule rather than skip: each stops once it has lived
-through the period, and the run ends when the slowest has.
+through the period, and the run ends when the slowest has. A board half an hour ahead of the
+slowest is slowed to real time until the others are close (`CommunityRun._pace_households`), so
+no record arrives after its interval closed only because its board was slow.
 
 Market: when the settlement service has its market (`host_tools.settlement.market`), every
 member opts in with a zero-intelligence agent whose target prices are drawn from the seed
 (`enable_agents`), and the summary reads trades and reference prices back from the ledger
-database. EV sessions are not simulated yet: `EV_SESSIONS_HOOK` marks where a charger and two
-vehicles go; the summary says so.
+database.
+
+EV: one charge point (an emulated esp32-evse board with the charger firmware) owned by a
+member of its own, and two vehicles with wallets of their own that plug in at seeded times,
+charge, pay and keep their receipts (`host_tools.sim.ev`; `ev=False` leaves them out). The
+simulated community's rules give members a credit line, so the drivers' holds can be placed.
 """
 import contextlib
 import dataclasses
@@ -60,7 +69,9 @@ UNREACHABLE_BROKER = "mqtt://127.0.0.1:1"  # the provisioning boot must not send
 GRACE_S = 7200
 DRAIN_QUIET_S = 3.0  # the run is drained once nothing settled for this long
 DRAIN_MAX_S = 60.0
-EV_SESSIONS_HOOK = None  # later: a charger board and two vehicles (host_tools.sim.ev)
+AHEAD_HOLD_S = 1800  # a board this far ahead of the slowest is held back...
+AHEAD_RELEASE_S = 600  # ...until it is this close again
+HOLD_SPEED = 1.0  # a held-back board runs at real time
 
 
 class SimError(ValueError):
@@ -69,10 +80,11 @@ class SimError(ValueError):
 
 @dataclasses.dataclass
 class Options:
-    """What to simulate. The defaults are what fits in about five minutes on a two-core
+    """What to simulate. The defaults are what fits in six to seven minutes on a two-core
     machine: 12 households from 10:00 to 14:00 UTC (PV at its peak, so production, minting,
-    caps and storage fees all show). A whole day is `hours=24, start_hour=0` (about 25 minutes
-    there: the boards' own loops cost more CPU than one interpreter has, see the module doc)."""
+    caps and storage fees all show) with the charge point and its two vehicles. A whole day is
+    `hours=24, start_hour=0` (half an hour there: the boards' own loops cost more CPU than one
+    interpreter has, see the module doc)."""
 
     households: int = 12
     hours: float = 4.0
@@ -93,6 +105,8 @@ class Options:
     ct_sample_interval_ms: int = 5_000
     http: bool = True
     report: bool = True
+    ev: bool = True  # the charge point and its two vehicles (host_tools.sim.ev)
+    ev_target_wh: int | None = None  # what each vehicle charges; None: drawn from the seed
 
     def check(self):
         """Refuse options out of range before anything starts (SimError, one line)."""
@@ -117,6 +131,8 @@ class Options:
         if max(self.sample_interval_ms, self.ct_sample_interval_ms) \
                 > self.record_interval_s * 1000:
             raise SimError("sample intervals must not exceed record_interval_s")
+        if self.ev_target_wh is not None:
+            whole("ev_target_wh", self.ev_target_wh, 100, 20_000)
         if self.broker_url is not None and self.mosquitto:
             raise SimError("give an external broker or --mosquitto, not both")
         if self.broker_url is not None:
@@ -185,6 +201,7 @@ class Household:
                                    else options.sample_interval_ms)
         self.meter = None
         self.running = False
+        self.held = False  # slowed to real time while the others catch up
         self.device_id = self.spki_hex = None
 
     def _make(self, start_epoch_s, speed):
@@ -310,6 +327,7 @@ class CommunityRun:
         self._cleanup = []  # callables run when the run ends
         self._db_counts = ({"trades": "-", "sessions": "-"}, 0.0)  # (shown values, when read)
         self.dashboard_url = None
+        self.ev = None  # the charge point (host_tools.sim.ev.ChargePoint) unless --no-ev
 
     def say(self, text):
         print(f"energo sim: {text}", file=self.out, flush=True)
@@ -325,22 +343,43 @@ class CommunityRun:
                 os.remove(f"{path}{suffix}")
         return f"sqlite:///{path.resolve()}"
 
-    def _check_ledger_empty(self):
+    def _open_ledger(self):
+        """The ledger, created with the simulated community's rules (a credit line for
+        members, so that a driver's hold can be placed; ledger.py stores rules at creation)."""
+        from host_tools.settlement import SettlementConfig
+        from host_tools.settlement.errors import ConfigError
         from host_tools.settlement.ledger import Ledger
+        from host_tools.sim import ev
 
-        ledger = Ledger.open(self.db_url, key_path=self.key_path)
         try:
-            if ledger.member_names():
-                raise SimError("the ledger already has members: give an empty database "
-                               "(the simulation builds its own community)")
+            return Ledger.open(self.db_url, key_path=self.key_path, config=SettlementConfig(
+                member_credit_limit_micro=ev.CREDIT_LIMIT_MICRO))
+        except ConfigError:
+            ledger = Ledger.open(self.db_url, key_path=self.key_path)
+            try:
+                self._refuse_members(ledger)
+            finally:
+                ledger.close()
+            raise SimError("the database was created with other settlement rules: give an "
+                           "empty database") from None
+
+    @staticmethod
+    def _refuse_members(ledger):
+        if ledger.member_names():
+            raise SimError("the ledger already has members: give an empty database "
+                           "(the simulation builds its own community)")
+
+    def _check_ledger_empty(self):
+        ledger = self._open_ledger()
+        try:
+            self._refuse_members(ledger)
         finally:
             ledger.close()
 
     def _prepare_ledger(self):
-        from host_tools.settlement.ledger import Ledger
         from host_tools.settlement.registry import Registry
 
-        ledger = Ledger.open(self.db_url, key_path=self.key_path)
+        ledger = self._open_ledger()
         try:
             if ledger.member_names():
                 raise SimError("the ledger already has members: give an empty database "
@@ -352,6 +391,8 @@ class CommunityRun:
                 registry.enroll(house.device_id, bytes.fromhex(house.spki_hex), "meter",
                                 house.plan["member"])
             self.market = enable_agents(ledger, self.options.seed)
+            if self.ev is not None:  # after the agents: drivers and owner trade no energy
+                self.ev.enroll(ledger)
         finally:
             ledger.close()
 
@@ -376,7 +417,7 @@ class CommunityRun:
             self._cleanup.append(lambda: shutil.rmtree(conf_dir, ignore_errors=True))
             broker_auth.write_mosquitto_config(
                 str(conf_dir), COMMUNITY, self.secret,
-                [house.device_id for house in self.households], port=port, bind="127.0.0.1")
+                self._device_ids(), port=port, bind="127.0.0.1")
             command = [mosquitto.binary(), "-c", str(conf_dir / "mosquitto.conf")]
         else:
             command = processes.energo("broker", "--db", self.db_url, "--community", COMMUNITY,
@@ -426,11 +467,19 @@ class CommunityRun:
             house = Household(plan, flash_root, options, world_start_s)
             house.provision(COMMUNITY)
             self.households.append(house)
-        ids = [house.device_id for house in self.households]
+        if options.ev:
+            from host_tools.sim import ev
+
+            self.ev = ev.ChargePoint(options, flash_root, world_start_s, day_s, end_s)
+            self.ev.provision(COMMUNITY, UNREACHABLE_BROKER)
+        ids = self._device_ids()
         if len(set(ids)) != len(ids):
             raise SimError("two boards produced the same device id; change the seed")
         self._prepare_ledger()
-        self.say(f"provisioned and enrolled {len(ids)} meters")
+        self.say(f"provisioned and enrolled {len(self.households)} meters"
+                 + ("" if self.ev is None else " and a charger; vehicles arrive at "
+                    + ", ".join(f"{datetime.datetime.fromtimestamp(a['plug_s'], datetime.UTC):%H:%M}"
+                                for a in self.ev.plan)))
         try:
             with self._broker() as broker_url, self._service(broker_url) as probe:
                 self.service = probe
@@ -451,11 +500,18 @@ class CommunityRun:
                 cleanup()
         return self._finish(started_wall_s, day_s, end_s)
 
+    def _device_ids(self):
+        ids = [house.device_id for house in self.households]
+        return ids if self.ev is None else [*ids, self.ev.device_id]
+
     def _run_boards(self, broker_url, day_s, end_s):
         from host_tools import broker_auth
 
         progress = Progress(self.out)
         try:
+            if self.ev is not None:
+                self.ev.configure(COMMUNITY, broker_url,
+                                  broker_auth.derive_password(self.secret, self.ev.device_id))
             for house in self.households:
                 house.start(COMMUNITY, broker_url,
                             broker_auth.derive_password(self.secret, house.device_id), day_s,
@@ -468,8 +524,13 @@ class CommunityRun:
                     if house.running and house.meter.now_s() >= stop_at_s:
                         house.stop_board()
                 sim_now_s = min(min(house.meter.now_s(), end_s) for house in self.households)
+                slowest_s = min(house.meter.now_s() for house in self.households)
+                # The slowest household is the community's time; the charger may ask to be
+                # waited for (host_tools.sim.ev).
+                self._pace_households(slowest_s, self.ev is not None and self.ev.tick(slowest_s))
                 progress.show(self._status(sim_now_s, day_s))
-                if not any(house.running for house in self.households):
+                if not any(house.running for house in self.households) and \
+                        (self.ev is None or self.ev.finished):
                     break
                 time.sleep(0.25)
             progress.show(self._status(min(min(h.meter.now_s(), end_s) for h in self.households),
@@ -479,6 +540,20 @@ class CommunityRun:
             self.say("interrupted: stopping the boards for a partial summary")
         finally:
             progress.done()
+
+    def _pace_households(self, slowest_s, hold_all):
+        """Keep the boards within the service's grace of each other: a household more than
+        AHEAD_HOLD_S ahead of the slowest (a CT board does not wait on a serial line as a
+        Modbus one does) runs at real time until it is within AHEAD_RELEASE_S, which also
+        leaves the slow ones the CPU; all of them do while the charger catches up."""
+        for house in self.households:
+            if not house.running:
+                continue
+            ahead_s = house.meter.now_s() - slowest_s
+            held = hold_all or ahead_s > (AHEAD_RELEASE_S if house.held else AHEAD_HOLD_S)
+            if held != house.held:
+                house.held = held
+                house.meter.board.clock.set_speed(HOLD_SPEED if held else self.options.speed)
 
     def _status(self, sim_now_s, day_s):
         counts = self.service.counts()
@@ -519,6 +594,8 @@ class CommunityRun:
     def _stop_boards(self):
         for house in self.households:
             house.stop_board()
+        if self.ev is not None:
+            self.ev.stop()
 
     def _drain(self):
         """Let the service settle what the boards sent before they stopped."""
@@ -542,16 +619,22 @@ class CommunityRun:
                                    "meter": house.plan["meter"],
                                    "pv_kwp": house.plan["pv_kwp"]}
                  for house in self.households if house.meter is not None}
+        truths = {device_id: house.truth for device_id, house in by_id.items()}
+        if self.ev is not None:
+            plans.update(self.ev.station_plan())
+            truths[self.ev.device_id] = self.ev.truth
         run = {"households": self.options.households, "hours": self.options.hours,
                "speed": self.options.speed, "seed": self.options.seed,
                "day_start_utc": DAY_START_UTC, "start_hour": self.options.start_hour,
                "interrupted": self.interrupted, "market": self.market,
                "wall_s": round(time.monotonic() - started_wall_s, 1),
-               "http_api": self.http_url, "ev_sessions_hook": EV_SESSIONS_HOOK is not None}
+               "http_api": self.http_url, "ev": self.ev is not None}
         ledger = Ledger.open(self.db_url, key_path=self.key_path)
         try:
-            result = summary_mod.build(ledger, lambda device_id, t_s: by_id[device_id].truth(t_s),
+            result = summary_mod.build(ledger, lambda device_id, t_s: truths[device_id](t_s),
                                        plans, run)
+            if self.ev is not None:
+                result["ev_sessions"] = self.ev.summary(ledger)
         finally:
             ledger.close()
         for house in self.households:
@@ -560,6 +643,8 @@ class CommunityRun:
                 # The console of every board, for a look at what a firmware said.
                 (self.out_dir / "boards" / f"{house.plan['member']}.console.txt").write_text(
                     house.meter.text())
+        if self.ev is not None:
+            self.ev.close(self.out_dir / "boards" / "station.console.txt")
         (self.out_dir / "summary.json").write_text(json.dumps(result, indent=2, sort_keys=True))
         if self.options.report:
             try:

@@ -2,7 +2,7 @@
 
 Plots are drawn with matplotlib's non-interactive Agg backend (no display needed, same output
 on a CI machine) from the summary dict alone, so a report can be redrawn from summary.json.
-What the run has no data for yet (market prices and trades between members, EV sessions) is
+What the run has no data for (market prices without a market, EV sessions with --no-ev) is
 said in the report rather than drawn as an empty chart.
 """
 import datetime
@@ -126,6 +126,28 @@ def _plot_flows(plt, summary, path):
     plt.close(fig)
 
 
+def _ev_table(block):
+    """The charging sessions as an HTML table (amounts as the ledger booked them)."""
+    head = ("vehicle's member", "session", "Wh", "price µ/kWh", "fee µ/kWh", "energy µ",
+            "fee µ", "total µ", "hold µ", "released µ", "stop", "receipt")
+    rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for s in block["sessions"]:
+        cells = (s["member"], s["session"][:12], s["wh"], s["price_micro_per_kwh"],
+                 s["fee_micro_per_kwh"], s["energy_micro"], s["fee_micro"], s["total_micro"],
+                 s["hold_micro"], s["released_micro"], s["stop"],
+                 "verified" if s["receipt_verified"] else "NOT verified")
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    station = block["station"]
+    return (f"<h2>EV charging</h2><p>{block['paid_verified']} of {len(block['planned'])} "
+            f"planned sessions paid with a verified receipt; the station owner "
+            f"({html.escape(station['member'])}) was paid {block['paid_to_owner_micro']} µ, "
+            f"{block['fees_to_owner_micro']} µ of it service fees; the station's consumption "
+            f"burned {station['burned_wh']} Wh of WATT and cost {station['grid_micro']} µ at "
+            f"the grid; {block['holds_released_micro']} µ of holds went back to the drivers."
+            f"</p><table border=\"1\" cellspacing=\"0\" cellpadding=\"3\">"
+            + "".join(rows) + "</table>")
+
+
 def write(summary, out_dir):
     """Write report.html and its PNGs into `out_dir`; returns the HTML path (as text)."""
     import matplotlib
@@ -160,10 +182,12 @@ def write(summary, out_dir):
     for name, caption in figures:
         body.append(f"<figure><img src=\"{name}\" alt=\"{html.escape(caption)}\">"
                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    body.append("<p>Not simulated yet: EV sessions (a charger and two vehicles)"
-                + ("" if summary.get("market_prices") is not None
-                   else "; the settlement service ran without a market")
-                + ".</p>")
+    if summary.get("ev_sessions") is None:
+        body.append("<p>EV sessions were not simulated in this run (--no-ev).</p>")
+    else:
+        body.append(_ev_table(summary["ev_sessions"]))
+    if summary.get("market_prices") is None:
+        body.append("<p>The settlement service ran without a market.</p>")
     body.append("<details><summary>summary.json</summary><pre>"
                 + html.escape(json.dumps({k: v for k, v in summary.items() if k != "series"},
                                          indent=1, sort_keys=True)[:200_000])

@@ -207,6 +207,8 @@ def _pct(measured, true):
 
 def format_table(summary):
     """The summary as fixed-width text for the terminal."""
+    from host_tools.sim import ev_summary
+
     energy, ledger, records = summary["energy"], summary["ledger"], summary["records"]
     lines = ["", f"{'member':<12} {'meter':<8} {'PV kWp':>6} {'records':>7} {'import Wh':>10} "
                  f"{'true':>10} {'export Wh':>10} {'true':>10}"]
@@ -239,8 +241,7 @@ def format_table(summary):
         ("storage fees (owners / education / operator)",
          f"{ledger['storage_fee_wh']} Wh ({ledger['fee_owners_wh']} / {ledger['fee_education_wh']}"
          f" / {ledger['fee_operator_wh']})"),
-        ("EV sessions", "not simulated yet" if summary["ev_sessions"] is None
-         else str(summary["ev_sessions"])),
+        *ev_summary.format_lines(summary["ev_sessions"]),
         ("records settled / pending / late (corrections)",
          f"{records['settled']} / {records['pending']} / {records['late_corrections']}"),
         ("records rejected", json.dumps(records["rejected"], sort_keys=True)),
