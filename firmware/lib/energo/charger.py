@@ -87,6 +87,7 @@ class Charger(ServiceSide, Meter):
         self.boot_end = []  # sessions a power cut interrupted: each gets a TX P record first
         self.sent_ms = {}  # nonce -> ticks of the last close sent
         self.synced_client = None  # the MQTT client our last sync request went out on
+        self.synced = False  # a sync answer arrived on the current connection
         self.ev_errors = {"ev_rejected": 0, "ev_reply_bad": 0, "ev_unexpected": 0,
                           "ev_session": 0}
         for state in self.journal.open():
@@ -198,7 +199,11 @@ class Charger(ServiceSide, Meter):
             return
         if pilot not in ("B", "C"):
             return
-        price = self.link.price if self.link.price is not None else self.trust.price
+        price = self.link.price
+        if price is None and (self.synced or not self.link.connected):
+            # The price kept on flash is for offline sessions; online, an offer waits for
+            # this connection's sync answer (the price may have changed while we were off).
+            price = self.trust.price
         at = wallclock.now_ms() // 1000
         if price is None or wallclock.sync_status() != "S" or not self.trust.cert_valid(at):
             return  # no certificate, price or true time yet: the vehicle waits in B

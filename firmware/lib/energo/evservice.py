@@ -36,6 +36,7 @@ class ServiceSide:
         if link.client is not None and link.client is not self.synced_client:
             if link.publish_ev(b'{"t":"sync"}'):  # after every connect
                 self.synced_client = link.client
+                self.synced = False
         self.trust.set_price(link.price)
         for _ in range(2):
             msg = link.take_ev()
@@ -53,8 +54,9 @@ class ServiceSide:
             if t == "sync":
                 if self.trust.apply_sync(obj):
                     print("session: certificate and allow-list updated")
-                if obj.get("price") is not None:  # optional: a service without a market
+                if obj.get("price") is not None:
                     self.trust.set_price(_price(obj["price"]))
+                self.synced = True
             elif t in ("grant", "receipt") or (t == "reject" and obj.get("reject")):
                 body = evproto.open_message(obj.get(t), t, self.trust.key)
                 if body["station"] != self.device_id:
