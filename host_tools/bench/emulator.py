@@ -9,7 +9,6 @@ A fleet is split over `--processes` worker processes (default: one per core), as
 `python -m sim_board fleet` would be run once per core on a real test rig: the boards of one
 process share its interpreter lock, so one process can use one core at most.
 """
-import json
 import multiprocessing
 import os
 import resource
@@ -18,10 +17,9 @@ import tempfile
 import time
 
 from host_tools.errors import UsageError
+from host_tools.sim import boards as sim_boards
 
 NAME = "emulator"
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_WIFI = {"ssid": "bench", "password": "bench-password"}
 _BEHIND_MAX_S = 0.5  # a board this far behind its schedule has fallen behind real time
 
 
@@ -41,25 +39,10 @@ def _cpu_s():
 
 
 def _template(tmp, port):
-    from sim_board import umqtt_install
-
     flash = os.path.join(tmp, "template")
-    os.makedirs(os.path.join(flash, "lib"))
-    for name in ("boot.py", "main.py"):
-        shutil.copy(os.path.join(_ROOT, "firmware", name), flash)
-    shutil.copytree(os.path.join(_ROOT, "firmware", "lib", "energo"),
-                    os.path.join(flash, "lib", "energo"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    umqtt_install.install(flash)
-    with open(os.path.join(_ROOT, "boards", "esp32-meter-ct.json")) as f:
-        board = json.load(f)
-    device = {"community": "bench", "mqtt": {"url": f"mqtt://127.0.0.1:{port}"},
-              "record_interval_s": 60, "sample_interval_ms": 1000, "wifi": _WIFI,
-              "ntp_host": "pool.ntp.org"}
-    with open(os.path.join(flash, "board.json"), "w") as f:
-        json.dump(board, f)
-    with open(os.path.join(flash, "device.json"), "w") as f:
-        json.dump(device, f)
+    board = sim_boards.board_file("esp32-meter-ct")
+    sim_boards.flash_firmware(flash, board, sim_boards.device_config(
+        "bench", f"mqtt://127.0.0.1:{port}", record_interval_s=60, sample_interval_ms=1000))
     return flash, board
 
 
@@ -92,7 +75,7 @@ def _measure_part(indices, count, speed, seconds, tmp, template, board_cfg):
             flash = os.path.join(tmp, f"n{count}-b{i:04d}")
             shutil.copytree(template, flash)
             cfg = dict(board_cfg, name=f"meter-{i:04d}")
-            scenario = {"wifi": _WIFI, "world": {
+            scenario = {"wifi": sim_boards.WIFI, "world": {
                 "seed": i, "site": "house",
                 "scenario": {"sites": {"house": {"load": {"base_w": 300 + i % 7 * 50},
                                                  "pv_kwp": 4.0}}}}}

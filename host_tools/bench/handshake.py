@@ -17,17 +17,15 @@ import json
 import math
 import os
 import re
-import shutil
 import statistics
 import tempfile
 import threading
 import time
 
 from host_tools.errors import UsageError
+from host_tools.sim import boards as sim_boards
 
 NAME = "handshake"
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_WIFI = {"ssid": "bench", "password": "bench-password"}
 _SITE = "station"
 _KEY_LINE = re.compile(r"energo: charger (c-[0-9a-f]{12}) board \S+ key ([0-9a-f]+)")
 _SERVICE_THREAD = "bench-service"
@@ -80,30 +78,15 @@ class _CryptoTimer:
 
 
 def _flash(tmp, port):
-    from sim_board import umqtt_install
-
     flash = os.path.join(tmp, "charger")
-    os.makedirs(os.path.join(flash, "lib"))
-    for name in ("boot.py", "main.py"):
-        shutil.copy(os.path.join(_ROOT, "firmware", name), flash)
-    shutil.copytree(os.path.join(_ROOT, "firmware", "lib", "energo"),
-                    os.path.join(flash, "lib", "energo"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    umqtt_install.install(flash)
-    with open(os.path.join(_ROOT, "boards", "esp32-evse.json")) as f:
-        board = json.load(f)
-    with open(os.path.join(flash, "board.json"), "w") as f:
-        json.dump(board, f)
-    _device_file(flash, port)
+    board = sim_boards.board_file("esp32-evse")
+    sim_boards.flash_firmware(flash, board, _device(port))
     return flash, board
 
 
-def _device_file(flash, port):
-    device = {"community": "bench", "mqtt": {"url": f"mqtt://127.0.0.1:{port}"},
-              "record_interval_s": 60, "sample_interval_ms": 1000, "wifi": _WIFI,
-              "ntp_host": "pool.ntp.org"}
-    with open(os.path.join(flash, "device.json"), "w") as f:
-        json.dump(device, f)
+def _device(port):
+    return sim_boards.device_config("bench", f"mqtt://127.0.0.1:{port}", record_interval_s=60,
+                                sample_interval_ms=1000)
 
 
 class _Charger:
@@ -114,7 +97,7 @@ class _Charger:
         from sim_board.vehicle_link import LinkPeer
 
         ev = {"battery_kwh": 60.0, "acceptance_a": 16.0, "phases": 3, "sessions": []}
-        self.scenario = {"wifi": _WIFI, "world": {
+        self.scenario = {"wifi": sim_boards.WIFI, "world": {
             "seed": 1, "site": _SITE,
             "scenario": {"sites": {_SITE: {"load": None, "pv_kwp": 0.0, "phases": 3, "ev": ev}}},
             "meters": [{"model": "SDM630", "uart": 2, "slave_id": 1, "baudrate": 9600}]}}
@@ -287,7 +270,8 @@ def run(args):
             device_id, spki_hex = first.wait_for(_KEY_LINE, 60).groups()
         finally:
             first.stop()
-        _device_file(flash, broker.port)
+        with open(os.path.join(flash, "device.json"), "w") as f:
+            json.dump(_device(broker.port), f)
         service = None
         charger = None
         worker = None
