@@ -54,8 +54,8 @@ def register(sub):
                      help=f"emulated households (default {defaults.households})")
     run.add_argument("--hours", type=_number("--hours", 0.25, community.HOURS_MAX, False),
                      default=defaults.hours,
-                     help=f"simulated hours (default {defaults.hours:g}; a whole day: "
-                          f"--hours 24 --start-hour 0)")
+                     help=f"simulated hours (default {defaults.hours:g}: a whole day; four "
+                          f"hours around noon: --hours 4 --start-hour 10)")
     run.add_argument("--start-hour", type=_number("--start-hour", 0, 23.75, False),
                      default=defaults.start_hour,
                      help=f"hour of the day (UTC) the run starts at (default "
@@ -97,6 +97,11 @@ def register(sub):
     run.add_argument("--ev-target-wh", type=_number("--ev-target-wh", 100, 20_000, True),
                      metavar="WH",
                      help="energy each vehicle charges (default: 3000 to 5000 Wh from the seed)")
+    run.add_argument("--processes", type=_number("--processes", 0, community.HOUSEHOLDS_MAX,
+                                                  True),
+                     default=defaults.processes,
+                     help="worker processes the households' boards are split over (default: "
+                          "one per core)")
     run.add_argument("--no-report", action="store_true",
                      help="skip the HTML report (the summary is still printed and saved)")
     run.set_defaults(func=_run)
@@ -118,7 +123,8 @@ def options_from_args(args):
         db_url=args.db, broker_url=args.broker, mosquitto=args.mosquitto, out_dir=args.out,
         record_interval_s=args.record_interval_s, sample_interval_ms=args.sample_interval_ms,
         ct_sample_interval_ms=args.ct_sample_interval_ms,
-        report=not args.no_report, ev=not args.no_ev, ev_target_wh=args.ev_target_wh)
+        report=not args.no_report, ev=not args.no_ev, ev_target_wh=args.ev_target_wh,
+        processes=args.processes)
     try:
         return options.check()
     except community.SimError as exc:
@@ -127,12 +133,12 @@ def options_from_args(args):
 
 def _run(args):
     from host_tools.settlement import LedgerError
-    from host_tools.sim import community, processes, summary
+    from host_tools.sim import community, fleet, processes, summary
 
     options = options_from_args(args)
     try:
         result = community.CommunityRun(options, out=sys.stdout).run()
-    except (community.SimError, processes.ProcessError, LedgerError) as exc:
+    except (community.SimError, processes.ProcessError, fleet.FleetError, LedgerError) as exc:
         raise UsageError(str(exc)) from None
     print(summary.format_table(result), flush=True)
     print(f"\nsummary: {options.out_dir}/summary.json"

@@ -13,15 +13,13 @@ What does not follow from it is how the host schedules threads: which records sh
 the wall time a record arrives. Settlement runs on event time, so what is settled per interval
 does not depend on it.
 
-Speed: all boards share one Python interpreter (one core under the GIL); the broker and the
-service run as processes of their own. A board costs about 0.5 ms of CPU per simulated second
-(SDM630) and 1.4 ms (CT, sampling every 5 s; see `Options.ct_sample_interval_ms`), mostly the
-firmware's own loops: profiling shows its link task peeking the flash outbox on every tick as
-the largest single cost. With 12 households and the charge point this gives 40x to 60x on a
-two-core machine shared with other work, so a whole day takes 23 to 35 minutes there (the
-default four hours around noon six to seven); splitting the boards over one process per core
-would be the next lever. The charger is the costliest board by far and runs only around its
-sessions (see `host_tools.sim.ev`). Boards that
+Speed: the households' boards are split over one worker process per core
+(`host_tools.sim.fleet`): the boards of one process share its interpreter lock, and the broker
+and the service, processes of their own, need little CPU. A board costs about 0.5 ms of CPU per
+simulated second (SDM630) and 1.4 ms (CT, sampling every 5 s; see
+`Options.ct_sample_interval_ms`), mostly the firmware's own loops. The charger is the costliest
+board by far; it runs in this process, and only around its sessions (see `host_tools.sim.ev`).
+Boards that
 cannot keep up fall behind their schedule rather than skip: each stops once it has lived
 through the period, and the run ends when the slowest has. A board half an hour ahead of the
 slowest is slowed to real time until the others are close (`CommunityRun._pace_households`), so
@@ -80,15 +78,15 @@ class SimError(ValueError):
 
 @dataclasses.dataclass
 class Options:
-    """What to simulate. The defaults are what fits in six to seven minutes on a two-core
-    machine: 12 households from 10:00 to 14:00 UTC (PV at its peak, so production, minting,
-    caps and storage fees all show) with the charge point and its two vehicles. A whole day is
-    `hours=24, start_hour=0` (half an hour there: the boards' own loops cost more CPU than one
-    interpreter has, see the module doc)."""
+    """What to simulate. The defaults are the whole community day: 12 households from 00:00 to
+    24:00 UTC with the charge point and its two vehicles (about six to eight minutes on a
+    two-core machine, the households' boards split over one process per core; the service's
+    intervals, the agents' trades and the vehicles' sessions all happen on event time, so a
+    shorter `hours` from a later `start_hour` shows the same mechanisms sooner)."""
 
     households: int = 12
-    hours: float = 4.0
-    start_hour: float = 10.0
+    hours: float = 24.0
+    start_hour: float = 0.0
     speed: float = 720.0
     seed: int = 1
     db_url: str | None = None  # default: sqlite in out_dir (recreated each run)
@@ -107,6 +105,7 @@ class Options:
     report: bool = True
     ev: bool = True  # the charge point and its two vehicles (host_tools.sim.ev)
     ev_target_wh: int | None = None  # what each vehicle charges; None: drawn from the seed
+    processes: int = 0  # worker processes for the households' boards; 0: one per core
 
     def check(self):
         """Refuse options out of range before anything starts (SimError, one line)."""
@@ -131,6 +130,7 @@ class Options:
         if max(self.sample_interval_ms, self.ct_sample_interval_ms) \
                 > self.record_interval_s * 1000:
             raise SimError("sample intervals must not exceed record_interval_s")
+        whole("processes", self.processes, 0, HOUSEHOLDS_MAX)
         if self.ev_target_wh is not None:
             whole("ev_target_wh", self.ev_target_wh, 100, 20_000)
         if self.broker_url is not None and self.mosquitto:
@@ -187,19 +187,22 @@ def plan_households(count, seed):
 class Household:
     """A planned household and its emulated meter (provisioned, then running)."""
 
-    def __init__(self, plan, flash_root, options, world_start_s):
+    def __init__(self, plan, flash_root, options, world_start_s, board_cfg=None):
         self.plan = plan
         self.flash_dir = pathlib.Path(flash_root) / plan["member"]
         self.options = options
         self.world_start_s = world_start_s
-        if plan["board"] == boards.CT_BOARD:
+        if board_cfg is not None:  # calibrated once, by the process that provisioned it
+            self.board_cfg = board_cfg
+        elif plan["board"] == boards.CT_BOARD:
             self.board_cfg = boards.calibrated_ct_board(plan["world_seed"])
         else:
             self.board_cfg = boards.board_file(plan["board"])
         self.sample_interval_ms = (options.ct_sample_interval_ms
                                    if plan["board"] == boards.CT_BOARD
                                    else options.sample_interval_ms)
-        self.meter = None
+        self.meter = None  # the running board, in the worker process that runs it
+        self.started = False
         self.running = False
         self.held = False  # slowed to real time while the others catch up
         self.device_id = self.spki_hex = None
@@ -237,7 +240,7 @@ class Household:
                                    password=password)
         boards.flash_firmware(self.flash_dir, self.board_cfg, cfg)
         self.meter = self._make(start_epoch_s, self.options.speed)
-        self.running = True
+        self.started = self.running = True
         self.meter.start(stop=stop)
         if self.meter.device_id != self.device_id:
             raise boards.BoardError(f"{self.plan['member']}: the device key changed on reboot")
@@ -328,6 +331,7 @@ class CommunityRun:
         self._db_counts = ({"trades": "-", "sessions": "-"}, 0.0)  # (shown values, when read)
         self.dashboard_url = None
         self.ev = None  # the charge point (host_tools.sim.ev.ChargePoint) unless --no-ev
+        self.fleet = None  # the households' boards, in worker processes (host_tools.sim.fleet)
 
     def say(self, text):
         print(f"energo sim: {text}", file=self.out, flush=True)
@@ -480,6 +484,17 @@ class CommunityRun:
                  + ("" if self.ev is None else " and a charger; vehicles arrive at "
                     + ", ".join(f"{datetime.datetime.fromtimestamp(a['plug_s'], datetime.UTC):%H:%M}"
                                 for a in self.ev.plan)))
+        from host_tools.sim import fleet
+
+        # The workers import and build their boards while the broker and the service start.
+        self.fleet = fleet.Fleet(self.households, options, flash_root, world_start_s,
+                                 options.processes or fleet.default_processes(len(plans)))
+        try:
+            return self._run_all(started_wall_s, day_s, end_s)
+        finally:
+            self._close_fleet()
+
+    def _run_all(self, started_wall_s, day_s, end_s):
         try:
             with self._broker() as broker_url, self._service(broker_url) as probe:
                 self.service = probe
@@ -500,6 +515,11 @@ class CommunityRun:
                 cleanup()
         return self._finish(started_wall_s, day_s, end_s)
 
+    def _close_fleet(self):
+        """Stop the workers (once); {household index: console text}."""
+        fleet, self.fleet = self.fleet, None
+        return {} if fleet is None else fleet.close()
+
     def _device_ids(self):
         ids = [house.device_id for house in self.households]
         return ids if self.ev is None else [*ids, self.ev.device_id]
@@ -512,36 +532,40 @@ class CommunityRun:
             if self.ev is not None:
                 self.ev.configure(COMMUNITY, broker_url,
                                   broker_auth.derive_password(self.secret, self.ev.device_id))
+            passwords = {house.plan["index"]:
+                         broker_auth.derive_password(self.secret, house.device_id)
+                         for house in self.households}
             for house in self.households:
-                house.start(COMMUNITY, broker_url,
-                            broker_auth.derive_password(self.secret, house.device_id), day_s,
-                            stop=self.stop_event)
+                house.started = house.running = True
+            self.fleet.start(COMMUNITY, broker_url, passwords, day_s)
             # Each board stops once it has lived through the period and sent its last record;
             # the next ones would only lie outside the day.
             stop_at_s = end_s + self.options.record_interval_s + 10
             while not self.stop_event.is_set():
+                now = self.fleet.now_s()
                 for house in self.households:
-                    if house.running and house.meter.now_s() >= stop_at_s:
-                        house.stop_board()
-                sim_now_s = min(min(house.meter.now_s(), end_s) for house in self.households)
-                slowest_s = min(house.meter.now_s() for house in self.households)
+                    if house.running and now[house.plan["index"]] >= stop_at_s:
+                        self._stop_board(house)
+                sim_now_s = min(min(now.values()), end_s)
+                slowest_s = min(now.values())
                 # The slowest household is the community's time; the charger may ask to be
                 # waited for (host_tools.sim.ev).
-                self._pace_households(slowest_s, self.ev is not None and self.ev.tick(slowest_s))
+                self._pace_households(now, slowest_s,
+                                      self.ev is not None and self.ev.tick(slowest_s))
                 progress.show(self._status(sim_now_s, day_s))
                 if not any(house.running for house in self.households) and \
                         (self.ev is None or self.ev.finished):
                     break
                 time.sleep(0.25)
-            progress.show(self._status(min(min(h.meter.now_s(), end_s) for h in self.households),
-                                       day_s), force=True)
+            progress.show(self._status(min(min(self.fleet.now_s().values()), end_s), day_s),
+                          force=True)
         except KeyboardInterrupt:
             self.interrupted = True
             self.say("interrupted: stopping the boards for a partial summary")
         finally:
             progress.done()
 
-    def _pace_households(self, slowest_s, hold_all):
+    def _pace_households(self, now, slowest_s, hold_all):
         """Keep the boards within the service's grace of each other: a household more than
         AHEAD_HOLD_S ahead of the slowest (a CT board does not wait on a serial line as a
         Modbus one does) runs at real time until it is within AHEAD_RELEASE_S, which also
@@ -549,11 +573,12 @@ class CommunityRun:
         for house in self.households:
             if not house.running:
                 continue
-            ahead_s = house.meter.now_s() - slowest_s
+            ahead_s = now[house.plan["index"]] - slowest_s
             held = hold_all or ahead_s > (AHEAD_RELEASE_S if house.held else AHEAD_HOLD_S)
             if held != house.held:
                 house.held = held
-                house.meter.board.clock.set_speed(HOLD_SPEED if held else self.options.speed)
+                self.fleet.set_speed(house.plan["index"],
+                                     HOLD_SPEED if held else self.options.speed)
 
     def _status(self, sim_now_s, day_s):
         counts = self.service.counts()
@@ -591,9 +616,16 @@ class CommunityRun:
         self._db_counts = (shown, time.monotonic())
         return shown
 
+    def _stop_board(self, house):
+        """Power a household's board off (its world stays readable for the ground truth)."""
+        if house.running:
+            house.running = False
+            self.fleet.stop_board(house.plan["index"])
+
     def _stop_boards(self):
-        for house in self.households:
-            house.stop_board()
+        if self.fleet is not None:
+            for house in self.households:
+                self._stop_board(house)
         if self.ev is not None:
             self.ev.stop()
 
@@ -614,12 +646,13 @@ class CommunityRun:
         from host_tools.settlement.ledger import Ledger
         from host_tools.sim import summary as summary_mod
 
-        by_id = {house.device_id: house for house in self.households}
         plans = {house.device_id: {"member": house.plan["member"],
                                    "meter": house.plan["meter"],
                                    "pv_kwp": house.plan["pv_kwp"]}
-                 for house in self.households if house.meter is not None}
-        truths = {device_id: house.truth for device_id, house in by_id.items()}
+                 for house in self.households if house.started}
+        truths = {house.device_id: (lambda t_s, index=house.plan["index"]:
+                                    self.fleet.truth(index, t_s))
+                  for house in self.households if house.started}
         if self.ev is not None:
             plans.update(self.ev.station_plan())
             truths[self.ev.device_id] = self.ev.truth
@@ -637,12 +670,12 @@ class CommunityRun:
                 result["ev_sessions"] = self.ev.summary(ledger)
         finally:
             ledger.close()
+        consoles = self._close_fleet()
         for house in self.households:
-            if house.meter is not None:
-                house.meter.stop()
+            if house.plan["index"] in consoles:
                 # The console of every board, for a look at what a firmware said.
                 (self.out_dir / "boards" / f"{house.plan['member']}.console.txt").write_text(
-                    house.meter.text())
+                    consoles[house.plan["index"]])
         if self.ev is not None:
             self.ev.close(self.out_dir / "boards" / "station.console.txt")
         (self.out_dir / "summary.json").write_text(json.dumps(result, indent=2, sort_keys=True))
