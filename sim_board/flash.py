@@ -50,6 +50,7 @@ class Flash:
         self.on_cut = None  # called (from the firmware thread) when a cut write happened
         self.rtc_s = None  # callable giving the board's RTC time, stamped as mtime on close
         self._open_files = set()
+        self._used = None  # blocks in use, once counted (see used_blocks)
 
     # ----- paths -----
     def host_path(self, path, cwd="/"):
@@ -66,7 +67,26 @@ class Flash:
 
     # ----- accounting -----
     def used_blocks(self):
-        """Blocks in use: two per directory (a LittleFS metadata pair), data blocks per file."""
+        """Blocks in use: two per directory (a LittleFS metadata pair), data blocks per file.
+
+        Counted by walking the tree once, then kept up to date by every change made through
+        this model: walking on every file creation cost a running board more CPU than its
+        metering. A power loss forgets the count, since the host may change the files of a
+        board that is off.
+        """
+        if self._used is None:
+            self._used = self._count_used()
+        return self._used
+
+    def file_blocks(self, host_path):
+        """Blocks a file takes (at least one, even empty); 0 when there is no such file."""
+        try:
+            size = os.path.getsize(host_path)
+        except OSError:
+            return 0
+        return max(1, -(-size // self.block_size))
+
+    def _count_used(self):
         used = 2
         for dirpath, dirnames, filenames in os.walk(self.root):
             used += 2 * len(dirnames)
@@ -104,22 +124,28 @@ class Flash:
         for f in list(self._open_files):
             f._drop()
         self._open_files.clear()
+        self._used = None
 
     def sync(self):
         for f in list(self._open_files):
             f.flush()
 
-    def metadata_op(self, apply, new_blocks=0):
+    def metadata_op(self, apply, delta=None):
         """One atomic metadata write: either all of `apply()` happens or (power cut) nothing.
 
-        `new_blocks` is what the change takes from free space (a new file's first block, a new
-        directory's metadata pair); without room it raises ENOSPC and changes nothing.
+        `delta` is the change in blocks used (a new file's first block, a new directory's
+        metadata pair: positive; a removed file's blocks: negative; None: not known, counted
+        afresh when next needed). A positive change without room raises ENOSPC and changes
+        nothing.
         """
-        if new_blocks and self.used_blocks() + new_blocks > self.total_blocks():
+        if delta is not None and delta > 0 \
+                and self.used_blocks() + delta > self.total_blocks():
             raise oserror(errno.ENOSPC)
         if self._count_write():
             self._cut()
         apply()
+        if self._used is not None:
+            self._used = None if delta is None else self._used + delta
 
     def program(self, host_path, offset, data):
         """Program `data` at `offset` of a file; one flash write, cut part-way on a power cut."""
@@ -137,6 +163,8 @@ class Flash:
             f.write(data)
         if cut:
             self._cut()
+        if end > size and self._used is not None:
+            self._used += max(1, -(-end // self.block_size)) - max(1, -(-size // self.block_size))
 
     # ----- files -----
     def open(self, path, mode="r", cwd="/"):
@@ -178,8 +206,9 @@ class FlashFile:
         if kind == "x" and exists:
             raise oserror(errno.EEXIST)
         if kind in "wx" or (kind == "a" and not exists):
+            # Created, or truncated to one (empty) block.
             flash.metadata_op(lambda: open(self._host, "wb").close(),
-                              new_blocks=0 if exists else 1)
+                              delta=1 - flash.file_blocks(self._host))
         if self._append:
             self._pos = os.path.getsize(self._host)
         flash._open_files.add(self)

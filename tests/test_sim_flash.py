@@ -103,3 +103,41 @@ def test_paths_cannot_escape_the_flash(tmp_path):
     assert flash.host_path("/../../etc/passwd") == str(tmp_path / "root" / "etc" / "passwd")
     with pytest.raises(ValueError):
         flash.open("/x", "rw")
+
+
+def test_block_count_kept_up_to_date_equals_a_fresh_count(tmp_path):
+    """The count of used blocks is kept up to date op by op (not recounted on every create);
+    after any sequence of the firmware's file operations it equals a walk over the tree."""
+    import random
+    import types
+
+    from sim_board.shims import mp_os
+
+    flash = Flash(tmp_path / "count", size_bytes=64 * BLOCK_SIZE)
+    board = types.SimpleNamespace(flash=flash)
+    runtime = types.SimpleNamespace(check_alive=lambda: None, cwd="/")
+    board_os = mp_os.build(board, runtime)
+    rng = random.Random(7)
+    names = ["/a", "/b", "/d/x", "/d/y", "/d", "/e"]
+    done = set()
+    for _ in range(600):
+        op, name, other = rng.randrange(6), rng.choice(names), rng.choice(names)
+        try:
+            if op == 0:
+                with flash.open(name, rng.choice(["wb", "ab"])) as f:
+                    f.write(bytes(rng.choice([0, 10, BLOCK_SIZE, BLOCK_SIZE + 1, 3 * BLOCK_SIZE])))
+            elif op == 1:
+                board_os.mkdir(name)
+            elif op == 2:
+                board_os.rmdir(name)
+            elif op == 3:
+                board_os.remove(name)
+            elif op == 4:
+                board_os.rename(name, other)
+            else:
+                board_os.statvfs("/")
+            done.add(op)
+        except OSError:
+            pass
+        assert flash.used_blocks() == flash._count_used(), (op, name, other)
+    assert done == set(range(6)), "every kind of operation succeeded at least once"

@@ -74,7 +74,7 @@ def build(board, runtime):
             raise oserror(errno.EEXIST)
         if not host_os.path.isdir(host_os.path.dirname(target)):
             raise oserror(errno.ENOENT)
-        flash.metadata_op(lambda: _host_call(host_os.mkdir, target), new_blocks=2)
+        flash.metadata_op(lambda: _host_call(host_os.mkdir, target), delta=2)
 
     def rmdir(path):
         target = host(path)
@@ -84,7 +84,7 @@ def build(board, runtime):
             raise oserror(errno.ENOENT if not host_os.path.exists(target) else errno.ENOTDIR)
         if host_os.listdir(target):
             raise oserror(errno.ENOTEMPTY)
-        flash.metadata_op(lambda: _host_call(host_os.rmdir, target))
+        flash.metadata_op(lambda: _host_call(host_os.rmdir, target), delta=-2)
 
     def remove(path):
         target = host(path)
@@ -92,7 +92,8 @@ def build(board, runtime):
             raise oserror(errno.ENOENT)
         if host_os.path.isdir(target):
             raise oserror(errno.EISDIR)
-        flash.metadata_op(lambda: _host_call(host_os.remove, target))
+        flash.metadata_op(lambda: _host_call(host_os.remove, target),
+                          delta=-flash.file_blocks(target))
 
     def rename(old_path, new_path):
         src, dst = host(old_path), host(new_path)
@@ -103,7 +104,10 @@ def build(board, runtime):
         if host_os.path.isdir(dst) and host_os.listdir(dst):
             raise oserror(errno.ENOTEMPTY)
         # LittleFS renames atomically, replacing an existing file.
-        flash.metadata_op(lambda: _host_call(host_os.replace, src, dst))
+        # A replaced file's blocks are freed; a replaced (empty) directory: counted afresh.
+        flash.metadata_op(lambda: _host_call(host_os.replace, src, dst),
+                          delta=0 if src == dst else None if host_os.path.isdir(dst)
+                          else -flash.file_blocks(dst))
 
     def chdir(path):
         target = host(path)
