@@ -60,6 +60,7 @@ def stop_reason(pilot, fault, asked, wh, emax, price, fee, hold, in_b_ms, done_i
 class Charger(ServiceSide, Meter):
     role = "charger"
     firmware_name = "energo-charger"
+    idle_link_ms = 200  # a vehicle's handshake waits on the service's answers: never idle
     _recording = None  # the session whose records are being made (keep_record journals them)
     _periodic = False  # the record being made is a periodic C record (it may not fill the log)
 

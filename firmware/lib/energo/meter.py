@@ -25,6 +25,7 @@ FIRMWARE_VERSION = "0.1.0"
 _NTP_RETRY_MS = 600000
 _STATUS_EVERY_S = 600
 _BACKLOG_PER_S = 5  # records published per second while catching up
+_BUSY_LINK_MS = 1000 // _BACKLOG_PER_S
 _TASK_STALL_MS = 60000  # a task silent this long past its own period stops the watchdog feed
 _WDT_TIMEOUT_MS = 30000
 _SIG_HEAD = b'|{"SA":"' + ocmf.SA_P256.encode() + b'","SD":"'
@@ -33,6 +34,10 @@ _SIG_HEAD = b'|{"SA":"' + ocmf.SA_P256.encode() + b'","SD":"'
 class Meter:
     role = "meter"
     firmware_name = FIRMWARE_NAME
+    # With nothing to send and nothing awaiting its ack, the link looks for messages once a
+    # second: enough for the keepalive and an ack, a new record waits at most that long, and
+    # the radio and the CPU are idle four fifths of the ticks they would otherwise spend.
+    idle_link_ms = 1000
 
     def __init__(self, board, settings, machine, root="/data", reset_cause=None):
         self.board = board
@@ -182,7 +187,13 @@ class Meter:
             self._publish_backlog()
             self.link.poll()
             self._apply_ack()
-            await asyncio.sleep_ms(1000 // _BACKLOG_PER_S)
+            await asyncio.sleep_ms(self._link_pause_ms())
+
+    def _link_pause_ms(self):
+        """The backlog rate while records wait to be sent or acked; idle_link_ms otherwise."""
+        if self.outbox.last_counter() > self.outbox.acked():
+            return _BUSY_LINK_MS
+        return self.idle_link_ms
 
     def _ntp(self):
         """Set the clock from NTP once the network is up; retried until it works."""
