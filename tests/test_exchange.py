@@ -456,3 +456,35 @@ def test_a_pristine_exchange_can_be_rebased_once_used_not():
     assert not ex.pristine
     with pytest.raises(ValueError, match="never been used"):
         ex.rebase(900 * 20)
+
+
+def test_closing_an_interval_forgets_exactly_its_own_orders_and_client_ids():
+    """Each book keeps its interval's orders, so a close touches only those: the open ones
+    expire (or, good-till-cancelled, move on), every other of them is forgotten."""
+    exchange, _, _ = make()
+    exchange.submit("a", SELL, 500, 100_000, T0)
+    filled = exchange.submit("b", BUY, 500, 100_000, T0, client_id="fill").order
+    cancelled = exchange.submit("c", BUY, 500, 90_000, T0, client_id="cxl").order
+    exchange.cancel("c", cancelled.order_id)
+    unserved = exchange.submit("d", BUY, 500, 80_000, T0, immediate=True).order
+    expiring = exchange.submit("d", SELL, 500, 300_000, T0, client_id="day").order
+    carried = exchange.submit("a", SELL, 500, 310_000, T0, gtc=True, client_id="gtc").order
+    later = exchange.submit("c", BUY, 500, 70_000, T1, client_id="later").order
+    assert unserved.status == CANCELLED and filled.status == FILLED
+    exchange.close_interval(T0)
+    for order in (filled, cancelled, unserved, expiring):
+        with pytest.raises(errors.UnknownOrder):
+            exchange.order(order.order_id)
+    assert expiring.status == EXPIRED and exchange.open_orders("d") == []
+    assert exchange.order(carried.order_id) is carried and carried.interval_start_s == T1
+    assert exchange.order(later.order_id) is later
+    assert exchange.open_order_count == 2
+    # The forgotten orders' client ids are free again; the open orders' are still taken.
+    assert not exchange.submit("b", BUY, 100, 60_000, T1, client_id="fill").duplicate
+    assert exchange.submit("c", BUY, 500, 70_000, T1, client_id="later").duplicate
+    assert exchange.submit("a", SELL, 500, 310_000, T1, gtc=True, client_id="gtc").duplicate
+    exchange.close_interval(T1)
+    with pytest.raises(errors.UnknownOrder):
+        exchange.order(later.order_id)
+    assert exchange.order(carried.order_id).interval_start_s == 2 * T1
+    assert [o.order_id for o in exchange.open_orders("a")] == [carried.order_id]

@@ -1,5 +1,6 @@
-"""Batches of transfers (one commit, a savepoint per transfer), the ledger's read caches and the
-store's `executemany`, on SQLite and PostgreSQL: faster, but every transfer still stands alone."""
+"""Batches of transfers (one commit; each transfer checked before it writes, so a refusal has
+nothing to undo), the ledger's read caches and the store's `executemany` and savepoints, on SQLite
+and PostgreSQL: faster, but every transfer still stands alone."""
 import pytest
 
 from host_tools.settlement import MONEY, WATT, Ledger
@@ -9,6 +10,7 @@ from host_tools.settlement.errors import (
     InsufficientBalance,
     UnknownAccount,
 )
+from host_tools.settlement.store import TransactionAborted
 from tests import test_settlement_support as support
 from tests.test_settlement_support import CLOCK_MS, T0_S, open_ledger, snapshot
 
@@ -140,3 +142,94 @@ def test_a_failed_statement_in_a_savepoint_leaves_the_transaction_usable(ledger)
     assert db.rollbacks == rollbacks + 1  # what tells the ledger to drop its caches
     with db.transaction():
         db.execute("DROP TABLE scratch_rows")
+
+
+def test_a_refused_transfer_writes_nothing_so_needs_no_savepoint_and_keeps_the_caches(ledger):
+    """Limits are judged on the balances the transfer would leave, before it writes."""
+    db = ledger.db
+    with ledger.batch():
+        _trade(ledger, "t-1", A, C, 300, 30_000)
+        savepoints, rollbacks = db.savepoint_count, db.rollbacks
+        cache = ledger._locked_cache()
+        with pytest.raises(InsufficientBalance):
+            _trade(ledger, "t-2", B, C, 2100, 90_000)
+        with pytest.raises(CapExceeded):
+            _trade(ledger, "t-3", B, C, 1701, 1)
+        assert (db.savepoint_count, db.rollbacks) == (savepoints, rollbacks)
+        assert ledger._locked_cache() is cache  # nothing was undone, so nothing was dropped
+        _trade(ledger, "t-4", B, C, 1700, 1)  # exactly up to carol's cap of 2000 Wh
+    assert ledger.balance(C, WATT) == 2000 and ledger.check().ok
+
+
+def test_a_replay_is_recognised_even_when_its_legs_would_now_be_refused(ledger):
+    with ledger.batch():
+        first = _trade(ledger, "t-1", A, C, 1200, 1)
+        _trade(ledger, "t-2", A, C, 300, 1)  # alice now holds nothing
+        again = _trade(ledger, "t-1", A, C, 1200, 1)
+        with pytest.raises(IdempotencyConflict):
+            _trade(ledger, "t-1", A, C, 1300, 1)  # refused by its limits, but the id is taken
+    assert again.replayed and again.first_seq == first.first_seq
+    assert ledger.balance(A, WATT) == 0 and ledger.check().ok
+
+
+def _failing_balance_writes(ledger, monkeypatch):
+    """Make the next balances write fail like the database would, after the entries went in."""
+    db = ledger.db
+    executemany = db.executemany
+
+    def failing(sql, rows):
+        if sql.startswith("INSERT INTO balances"):
+            monkeypatch.setattr(db, "executemany", executemany)
+            raise db.errors[0]("injected failure")
+        return executemany(sql, rows)
+
+    monkeypatch.setattr(db, "executemany", failing)
+
+
+def test_a_write_failing_part_way_dooms_the_batch_instead_of_committing_half(ledger, monkeypatch):
+    before = snapshot(ledger)
+    with pytest.raises(TransactionAborted):
+        with ledger.batch():
+            _trade(ledger, "t-1", A, C, 300, 30_000)
+            _failing_balance_writes(ledger, monkeypatch)
+            with pytest.raises(ledger.db.errors):
+                _trade(ledger, "t-2", B, C, 300, 30_000)  # its transfer and entries went in
+            with pytest.raises(TransactionAborted):
+                _trade(ledger, "t-3", B, C, 100, 10_000)  # nothing more is written
+    assert snapshot(ledger) == before and ledger.check().ok
+    assert ledger.transfer_info("t-1") is None and ledger.transfer_info("t-2") is None
+    _trade(ledger, "t-2", B, C, 300, 30_000)  # the connection is usable again
+    assert ledger.balance(C, WATT) == 300 and ledger.check().ok
+
+
+def test_an_enclosing_savepoint_undoes_the_failed_write_and_the_batch_goes_on(ledger, monkeypatch):
+    db = ledger.db
+    with ledger.batch():
+        _trade(ledger, "t-1", A, C, 300, 30_000)
+        _failing_balance_writes(ledger, monkeypatch)
+        with pytest.raises(db.errors):
+            with db.atomic():
+                _trade(ledger, "t-2", B, C, 300, 30_000)
+        _trade(ledger, "t-3", B, C, 100, 10_000)
+    assert ledger.transfer_info("t-2") is None
+    assert ledger.balance(C, WATT) == 400 and ledger.check().ok
+
+
+def test_entry_leaves_and_digests_are_the_bytes_the_ledger_always_hashed():
+    """The ledger keeps its own encoders (built once, not per call): the chain's leaves must stay
+    `checkpoints.entry_leaf`'s bytes and a transfer's digest what older ledgers stored, or
+    audits and replays of booked transfers would fail."""
+    import hashlib
+    import json
+
+    from host_tools.settlement import checkpoints
+    from host_tools.settlement import ledger as ledger_module
+
+    odd = "member:ünï\"\\\n"
+    for row in ((1, "trade:1", 0, "member:alice", "member:bob", WATT, 300, 900),
+                (2**40, "#grant:x", 7, "education_pool", odd, "TSL", 2**62, 0)):
+        assert ledger_module._entry_leaf(list(row)).encode() == checkpoints.entry_leaf(*row)
+    for kind, rows in (("trade", [(A, B, WATT, 300), (B, A, MONEY, 7)]),
+                       ("correction", [(odd, "grid", "TSL", 1)]), ("hold", [])):
+        text = json.dumps([kind, rows], sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        assert ledger_module._digest(kind, rows) == hashlib.sha256(text.encode()).hexdigest()

@@ -3,9 +3,9 @@
 Figures (one JSON object): `orders_per_s` is the engine over an in-memory port;
 `orders_per_s_with_ledger` is the same engine settling every fill as its own atomic, idempotent
 transfer of the real double-entry ledger on SQLite (`settlement.port.LedgerPort`), the way the
-market runs an interval's agents: inside one `Ledger.batch()` per interval, so each fill has its
-own savepoint (a refused fill rolls back alone) and the interval's fills commit together. It
-runs over the first `--ledger-orders` orders of the stream, with
+market runs an interval's agents: inside one `Ledger.batch()` per interval, so each fill is
+checked before it writes (a refused fill leaves nothing behind) and the interval's fills commit
+together. It runs over the first `--ledger-orders` orders of the stream, with
 `orders_per_s_engine_same_orders` as its baseline. `orders_per_s_with_ledger_commit_per_trade`
 is the same run committing every fill on its own (an API order placed outside a batch).
 `orders_per_s_with_trade_journal` keeps the old figure (engine + batched append-only trade
@@ -142,7 +142,9 @@ class _TimedPort:
         self.read_ns = 0
         self.trades = 0
         self.settle_statements = 0
+        self.settle_savepoints = 0
         self.counter = None
+        self.db = None
         self.cpu_s = 0.0
 
     def _read(self, fn, member):
@@ -163,6 +165,7 @@ class _TimedPort:
 
     def settle_trade(self, trade):
         before = self.counter["statements"] if self.counter else 0
+        savepoints_before = self.db.savepoint_count if self.db else 0
         start = time.perf_counter_ns()
         try:
             return self.inner.settle_trade(trade)
@@ -171,6 +174,8 @@ class _TimedPort:
             self.trades += 1
             if self.counter:
                 self.settle_statements += self.counter["statements"] - before
+            if self.db:
+                self.settle_savepoints += self.db.savepoint_count - savepoints_before
 
 
 def _open_ledger(directory, names, url=None):
@@ -224,7 +229,7 @@ def _count_statements(db):
 def _ledger_run(names, stream, config, batched, url=None):
     """The engine on the real ledger; returns (seconds, trades, timed port, check ok).
 
-    `batched`: one `Ledger.batch()` per interval (each fill in its own savepoint), else one
+    `batched`: one `Ledger.batch()` per interval (each fill its own transfer), else one
     committed transaction per fill.
     """
     from host_tools.settlement.port import LedgerPort
@@ -235,6 +240,7 @@ def _ledger_run(names, stream, config, batched, url=None):
             shifted = [(m, side, q, p, first_s + interval) for m, side, q, p, interval in stream]
             port = _TimedPort(LedgerPort(ledger))
             port.counter = _count_statements(ledger.db)
+            port.db = ledger.db
             exchange = Exchange(port, config, first_interval_start_s=first_s)
             batch = [None]
             if batched:
@@ -349,18 +355,20 @@ def run(args):
         "ledger_read_share_of_run": round(timed.read_ns / 1e9 / ledger_s, 4),
         "ledger_read_us_per_order": round(timed.read_ns / len(prefix) / 1000, 1),
         "ledger_us_per_trade": round(us_per_trade, 1),
-        # + SAVEPOINT and RELEASE, which the adapter runs outside `execute`.
-        "ledger_sql_statements_per_trade": round(timed.settle_statements / per_trade + 2, 1),
+        # + SAVEPOINT and RELEASE per savepoint, which the adapter runs outside `execute`.
+        "ledger_sql_statements_per_trade": round(
+            (timed.settle_statements + 2 * timed.settle_savepoints) / per_trade, 1),
         "orders_per_s_with_ledger_commit_per_trade": round(len(prefix) / single_s),
         "ledger_us_per_trade_commit_per_trade": round(us_per_trade_single, 1),
-        # + BEGIN IMMEDIATE and COMMIT.
+        # + BEGIN IMMEDIATE and COMMIT (and SAVEPOINT and RELEASE per savepoint).
         "ledger_sql_statements_per_trade_commit_per_trade": round(
-            single_timed.settle_statements / per_trade + 2, 1),
+            (single_timed.settle_statements + 2 * single_timed.settle_savepoints) / per_trade
+            + 2, 1),
         **postgres,
         "orders_per_s_with_trade_journal": round(len(stream) / journal_s),
         "match_us_p99": round(p99_ns / 1000, 2),
         "baseline_call_loop_per_s": round(baseline_per_s),
         "engine_share_of_baseline": round(orders_per_s / baseline_per_s, 4),
-        "persistence": "settlement ledger on SQLite (LedgerPort): a transfer per trade, each in "
-                       "its own savepoint, one commit per interval",
+        "persistence": "settlement ledger on SQLite (LedgerPort): a transfer per trade, each "
+                       "checked before it writes, one commit per interval",
     }

@@ -17,8 +17,12 @@ Every transfer has an id with a UNIQUE constraint; a replay with the same id
 and the same legs returns the original result and writes nothing.
 
 Speed (the exchange settles every fill here): `batch()` opens one transaction
-for many transfers, each in its own savepoint, so a refused transfer rolls
-back alone and the others commit together. While a write transaction holds
+for many transfers and commits them together. A transfer checks its limits on
+the balances it would leave before it writes anything, so a refused one has
+nothing to roll back and the others stand; it writes in four statements
+(transfer, entries, balances, chain head) and needs no savepoint, which cost
+as much again. A database error part-way through its writes cannot be undone
+alone: it dooms the transaction (`Database.abort`). While a write transaction holds
 the chain lock nobody else can book, so balances, the chain head and the
 first open interval read under it are cached. Balances stay cached into the
 next transaction only if the chain head is unchanged when it takes the lock
@@ -107,6 +111,51 @@ class TransferResult:
 
 # One encoder for every canonical text (what json.dumps builds anew on each call).
 _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+_sha256 = hashlib.sha256
+
+
+def _compact_encoder(sort_keys):
+    """A canonical JSON encoder (compact, ASCII) built once, for texts encoded per fill.
+
+    `JSONEncoder.encode` builds its C encoder again on every call, which costs as much as the
+    encoding itself, four times per fill. Circular references are still refused: the
+    encoder's markers are left behind by a failed call, so they are cleared after one.
+    """
+    make = json.encoder.c_make_encoder
+    if make is None:
+        return json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"),
+                                ensure_ascii=True).encode
+    markers = {}
+    encode = make(markers, json.JSONEncoder().default, json.encoder.encode_basestring_ascii,
+                  None, ":", ",", sort_keys, False, True)
+
+    def compact(value):
+        try:
+            return "".join(encode(value, 0))
+        except BaseException:
+            markers.clear()
+            raise
+
+    return compact
+
+
+# `checkpoints.entry_leaf`'s text (a test holds the two equal): the chain's payload.
+_entry_leaf = _compact_encoder(sort_keys=False)
+_canonical_fast = _compact_encoder(sort_keys=True)
+
+
+def _digest(kind, rows):
+    """What makes a replay identical: the kind and the legs, in order."""
+    return _sha256(_canonical_fast([kind, rows]).encode()).hexdigest()
+
+
+def _deltas(rows):
+    """Each (account, asset)'s net change from these legs, in first-touched order."""
+    deltas = {}
+    for debit, credit, asset, amount in rows:
+        deltas[(debit, asset)] = deltas.get((debit, asset), 0) - amount
+        deltas[(credit, asset)] = deltas.get((credit, asset), 0) + amount
+    return deltas
 
 
 def validate_member_name(name):
@@ -144,6 +193,7 @@ class Ledger:
         self._kinds = {}  # account -> kind; valid while db.rollbacks == _kinds_rollbacks
         self._kinds_rollbacks = db.rollbacks
         self._locked = None  # (transaction serial, rollbacks) under which lock() ran
+        self._locked_epoch = None  # db.epoch when lock() ran: the cache is valid while it holds
         self._cache = {}  # (account, asset) -> balance, plus the chain head and next open interval
 
     # --- opening ----------------------------------------------------------------------------
@@ -269,7 +319,15 @@ class Ledger:
         return result
 
     def is_member(self, name):
-        return isinstance(name, str) and self._kind_or_none(member_account(name)) == "member"
+        if not isinstance(name, str):
+            return False
+        account = f"member:{name}"
+        if self._kinds_rollbacks == self.db.rollbacks:
+            # The exchange asks on every order: answer from the cache without a call.
+            kind = self._kinds.get(account)
+            if kind is not None:
+                return kind == "member"
+        return self._kind_or_none(account) == "member"
 
     def member_names(self):
         return [row[0] for row in self.db.all(
@@ -313,11 +371,13 @@ class Ledger:
     def balance(self, account, asset):
         if asset not in ASSETS:
             raise InvalidTransfer(f"unknown asset {asset!r}")
-        cache = self._locked_cache()
-        if cache is not None:
+        if self._locked_epoch == self.db.epoch:  # `_locked_cache`, inlined: asked per order
+            cache = self._cache
             amount = cache.get((account, asset))
             if amount is not None:
                 return amount
+        else:
+            cache = None
         row = self.db.one("SELECT amount FROM balances WHERE account = ? AND asset = ?",
                           (account, asset))
         amount = 0 if row is None else row[0]
@@ -331,8 +391,9 @@ class Ledger:
 
     def cap_wh(self, member):
         """The member's WATT cap now: min(Bmax, TSL held × quota)."""
-        self._require_member(member)
-        return rules.cap_wh(self.balance(member_account(member), TSL), self.config)
+        if not self.is_member(member):
+            raise UnknownAccount(f"no member {member!r}")
+        return rules.cap_wh(self.balance(f"member:{member}", TSL), self.config)
 
     # --- transfers --------------------------------------------------------------------------
 
@@ -346,35 +407,61 @@ class Ledger:
         member is billed, as for grid energy), a member's WATT above their cap.
         Booked into the interval of `at_s` (event time), or the first open
         interval if that one is closed.
+
+        The limits are checked on the balances the transfer would leave, before
+        anything is written, so a refusal inside a batch (or any caller's
+        transaction) has nothing to roll back and needs no savepoint: at one
+        fill per transfer, a savepoint cost as much as the transfer's writes. A
+        database error part-way through the writes cannot be undone alone and
+        dooms the enclosing transaction (`Database.abort`).
         """
         validate_transfer_id(transfer_id)
         if not isinstance(kind, str) or not _KIND.match(kind) or kind in _RESERVED_KINDS:
             raise InvalidTransfer(f"invalid transfer kind {kind!r}")
-        legs = self._validate_legs(legs)
-        meta = self._validate_meta(meta)
-        nested = self.db.in_transaction
+        rows = self._validate_legs(legs)
+        meta_text = self._validate_meta(meta)
+        if self.db.in_transaction:
+            # Joining the caller's transaction (a batch): what `transaction()` would do, minus
+            # the context manager, which costs more than the rest of a fill's checks.
+            return self._transfer(transfer_id, rows, at_s, kind, meta_text, allow_receivable)
         with self.db.transaction():
-            self.lock()
-            for leg in legs:
-                for account in (leg.debit, leg.credit):
-                    if self.account_kind(account) in _RESTRICTED_KINDS:
-                        raise InvalidTransfer(f"account {account} is not open to transfers")
-            interval_s = self._booking_interval(at_s)
-            # Its own savepoint inside a batch (or any caller's transaction): a refusal
-            # below rolls back this transfer's entries only.
-            with self.db.atomic() if nested else contextlib.nullcontext():
-                result = self._book(transfer_id, kind, interval_s, legs, meta)
-                if not result.replayed:
-                    self._enforce_limits(legs, allow_receivable)
-            return result
+            return self._transfer(transfer_id, rows, at_s, kind, meta_text, allow_receivable)
+
+    def _transfer(self, transfer_id, rows, at_s, kind, meta_text, allow_receivable):
+        """`transfer` on validated input, inside a transaction."""
+        self.lock()
+        kind_of = self.account_kind
+        for debit, credit, _, _ in rows:
+            if kind_of(debit) in _RESTRICTED_KINDS or kind_of(credit) in _RESTRICTED_KINDS:
+                account = debit if kind_of(debit) in _RESTRICTED_KINDS else credit
+                raise InvalidTransfer(f"account {account} is not open to transfers")
+        interval_s = self._booking_interval(at_s)
+        digest = _digest(kind, rows)
+        deltas = _deltas(rows)
+        refusal = self._limit_refusal(rows, allow_receivable, deltas)
+        if refusal is not None:
+            # A replay of a transfer booked when the limits allowed it is still a replay.
+            replayed = self._replayed(transfer_id, digest)
+            if replayed is None:
+                raise refusal
+            return replayed
+        try:
+            result = self._write(transfer_id, kind, interval_s, rows, digest, meta_text, deltas)
+        except BaseException:
+            self.db.abort()
+            raise
+        if result is None:
+            result = self._replayed(transfer_id, digest)
+        return result
 
     @contextlib.contextmanager
     def batch(self):
         """Book many transfers in one database transaction, each atomic on its own.
 
-        Every `transfer` inside keeps its own id, idempotency and checks, and runs in a
-        savepoint: a refused one rolls back alone and raises as usual, the rest commit
-        together when the block ends (an exception escaping the block rolls back all).
+        Every `transfer` inside keeps its own id, idempotency and checks, and is refused
+        before it writes: a refused one leaves nothing behind and raises as usual, the rest
+        commit together when the block ends (an exception escaping the block rolls back
+        all, and so does a transfer whose writes failed part-way in the database).
         This is how the exchange settles one matching run's fills: one commit, not one
         per fill. The chain lock is held for the whole block, so keep batches short.
         """
@@ -383,6 +470,7 @@ class Ledger:
             yield self
 
     def _validate_legs(self, legs):
+        """The legs as checked (debit, credit, asset, amount) tuples."""
         if not isinstance(legs, list | tuple) or not 1 <= len(legs) <= self.config.transfer_legs_max:
             raise InvalidTransfer(f"a transfer needs 1 to {self.config.transfer_legs_max} legs")
         checked = []
@@ -398,21 +486,22 @@ class Ledger:
             if asset not in ASSETS:
                 raise InvalidTransfer(f"unknown asset {asset!r}; known: {', '.join(ASSETS)}")
             validate_amount("amount", amount)
-            checked.append(Leg(debit, credit, asset, amount))
+            checked.append((debit, credit, asset, amount))
         return checked
 
     def _validate_meta(self, meta):
+        """The meta's canonical JSON text (what is stored)."""
         if meta is None:
-            return {}
+            return "{}"
         if not isinstance(meta, dict):
             raise InvalidTransfer("transfer meta must be a JSON object")
         try:
-            text = _canonical(meta)
+            text = _canonical_fast(meta)
         except (TypeError, ValueError) as exc:
             raise InvalidTransfer(f"transfer meta is not JSON: {exc}") from None
         if len(text) > self.config.transfer_meta_bytes_max:
             raise InvalidTransfer(f"transfer meta exceeds {self.config.transfer_meta_bytes_max} bytes")
-        return meta
+        return text
 
     def lock(self):
         """Serialise writers on the chain head (call first inside a write transaction).
@@ -437,6 +526,7 @@ class Ledger:
         else:
             cache.pop("next_open", None)  # a close writes no entry: read it again
         self._locked = state
+        self._locked_epoch = db.epoch
 
     def _locked_cache(self):
         """The cache of this locked write transaction, or None outside one.
@@ -444,8 +534,7 @@ class Ledger:
         Valid only while the transaction that took the lock is open and nothing in it
         rolled back since: then this connection is the only writer of the ledger.
         """
-        db = self.db
-        if db.in_transaction and self._locked == (db.transaction_serial, db.rollbacks):
+        if self._locked_epoch == self.db.epoch:
             return self._cache
         return None
 
@@ -474,10 +563,38 @@ class Ledger:
         self._cache.pop("next_open", None)
 
     def _book(self, transfer_id, kind, interval_start_s, legs, meta):
-        """Append one transfer's entries to the chain; the caller holds a transaction."""
-        db = self.db
+        """Append one transfer's entries to the chain; the caller holds a transaction.
+
+        No limits are checked here: the ledger's own rules call it and check what they need
+        (`_enforce_limits`) afterwards, inside their transaction.
+        """
         rows = [(leg.debit, leg.credit, leg.asset, leg.amount) for leg in legs]
-        digest = hashlib.sha256(_canonical([kind, rows]).encode()).hexdigest()
+        digest = _digest(kind, rows)
+        result = self._write(transfer_id, kind, interval_start_s, rows, digest, _canonical(meta),
+                             _deltas(rows))
+        return self._replayed(transfer_id, digest) if result is None else result
+
+    def _replayed(self, transfer_id, digest):
+        """The booked transfer under this id as a replay, None if there is none.
+
+        Raises `IdempotencyConflict` when the id was booked with other legs.
+        """
+        row = self.db.one("SELECT kind, interval_start_s, first_seq, leg_count, digest "
+                          "FROM transfers WHERE transfer_id = ?", (transfer_id,))
+        if row is None:
+            return None
+        if row[4] != digest:
+            raise IdempotencyConflict(
+                f"transfer id {transfer_id} was already used for different legs")
+        return TransferResult(transfer_id, row[0], row[1], row[2], row[3], replayed=True)
+
+    def _write(self, transfer_id, kind, interval_start_s, rows, digest, meta_text, deltas):
+        """Write a transfer, its entries, balances and the chain head; None if the id is taken.
+
+        Four statements whatever the number of legs: the transfer, its entries and its balance
+        changes (one `executemany` each), the chain head.
+        """
+        db = self.db
         cache = self._locked_cache()
         head = None if cache is None else cache.get("head")
         if head is None:
@@ -486,29 +603,21 @@ class Ledger:
         inserted = db.execute(
             "INSERT INTO transfers (transfer_id, kind, interval_start_s, first_seq, leg_count, digest, meta) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (transfer_id) DO NOTHING",
-            (transfer_id, kind, interval_start_s, seq + 1, len(legs), digest, _canonical(meta)),
+            (transfer_id, kind, interval_start_s, seq + 1, len(rows), digest, meta_text),
         ).rowcount
         if not inserted:
-            row = db.one("SELECT kind, interval_start_s, first_seq, leg_count, digest "
-                         "FROM transfers WHERE transfer_id = ?", (transfer_id,))
-            if row[4] != digest:
-                raise IdempotencyConflict(
-                    f"transfer id {transfer_id} was already used for different legs")
-            return TransferResult(transfer_id, row[0], row[1], row[2], row[3], replayed=True)
+            return None
         first_seq = seq + 1
-        entries = []
-        deltas = {}
-        for index, (debit, credit, asset, amount) in enumerate(rows):
-            seq += 1
-            leaf = checkpoints.entry_leaf(seq, transfer_id, index, debit, credit, asset, amount,
-                                          interval_start_s)
-            entry_hash = checkpoints.chain_hash(prev_hash, leaf)
-            entries.append((seq, transfer_id, index, debit, credit, asset, amount,
-                            interval_start_s, prev_hash, entry_hash))
-            deltas[(debit, asset)] = deltas.get((debit, asset), 0) - amount
-            deltas[(credit, asset)] = deltas.get((credit, asset), 0) + amount
-            prev_hash = entry_hash
-        if entries:
+        if rows:
+            entries = []
+            for index, (debit, credit, asset, amount) in enumerate(rows):
+                seq += 1
+                leaf = _entry_leaf([seq, transfer_id, index, debit, credit, asset, amount,
+                                    interval_start_s]).encode()
+                entry_hash = checkpoints.chain_hash(prev_hash, leaf)
+                entries.append((seq, transfer_id, index, debit, credit, asset, amount,
+                                interval_start_s, prev_hash, entry_hash))
+                prev_hash = entry_hash
             db.executemany(
                 "INSERT INTO entries (seq, transfer_id, leg, debit, credit, asset, amount, "
                 "interval_start_s, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", entries)
@@ -522,7 +631,7 @@ class Ledger:
             for key, delta in deltas.items():
                 if key in cache:
                     cache[key] += delta
-        return TransferResult(transfer_id, kind, interval_start_s, first_seq, len(legs))
+        return TransferResult(transfer_id, kind, interval_start_s, first_seq, len(rows))
 
     def _enforce_limits(self, legs, allow_receivable=False):
         """Floors of every debited account, caps of every member credited WATT.
@@ -530,22 +639,40 @@ class Ledger:
         Checked after writing, inside the transaction: raising rolls the writes back,
         and the check sees the transfer's end state (a swap within caps is fine).
         """
-        for account, asset in sorted({(leg.debit, leg.asset) for leg in legs}):
+        refusal = self._limit_refusal(
+            [(leg.debit, leg.credit, leg.asset, leg.amount) for leg in legs], allow_receivable)
+        if refusal is not None:
+            raise refusal
+
+    def _limit_refusal(self, rows, allow_receivable=False, deltas=None):
+        """The error the limits raise for these legs, or None.
+
+        Judges the balances plus `deltas` (the transfer's own changes, when it is not written
+        yet), so the same rules serve a check before writing and one after.
+        """
+        for account, asset in sorted({(debit, asset) for debit, _, asset, _ in rows}):
             kind = self.account_kind(account)
-            if kind in _UNFLOORED_KINDS or (allow_receivable and (kind, asset) == ("member", MONEY)):
+            if kind in _UNFLOORED_KINDS or (allow_receivable and kind == "member" and asset == MONEY):
                 continue
             floor = -self.config.member_credit_limit_micro if (kind, asset) == ("member", MONEY) else 0
             balance = self.balance(account, asset)
+            if deltas is not None:
+                balance += deltas.get((account, asset), 0)
             if balance < floor:
-                raise InsufficientBalance(
+                return InsufficientBalance(
                     f"{account} would hold {balance} {asset}, below its floor of {floor}")
-        for account in sorted({leg.credit for leg in legs if leg.asset == WATT}):
+        for account in sorted({credit for _, credit, asset, _ in rows if asset == WATT}):
             if self.account_kind(account) != "member":
                 continue
             balance = self.balance(account, WATT)
-            cap = rules.cap_wh(self.balance(account, TSL), self.config)
+            tsl = self.balance(account, TSL)
+            if deltas is not None:
+                balance += deltas.get((account, WATT), 0)
+                tsl += deltas.get((account, TSL), 0)
+            cap = rules.cap_wh(tsl, self.config)
             if balance > cap:
-                raise CapExceeded(f"{account} would hold {balance} Wh, above its cap of {cap} Wh")
+                return CapExceeded(f"{account} would hold {balance} Wh, above its cap of {cap} Wh")
+        return None
 
     def transfer_info(self, transfer_id):
         """A booked transfer with its legs, or None."""

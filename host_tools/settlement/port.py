@@ -10,7 +10,7 @@ Duck-typed on the trade (no import of the exchange), so the dependency points
 one way: the exchange may use the ledger, never the reverse.
 """
 from host_tools.settlement.errors import InvalidTransfer
-from host_tools.settlement.ledger import MONEY, WATT, Leg, member_account
+from host_tools.settlement.ledger import MONEY, WATT, member_account
 
 
 class LedgerPort:
@@ -24,15 +24,13 @@ class LedgerPort:
     def __init__(self, ledger, allow_receivable=True):
         self.ledger = ledger
         self.allow_receivable = allow_receivable
-
-    def has_member(self, member):
-        return self.ledger.is_member(member)
+        # The engine asks these on every order and every match: the ledger answers them as
+        # they are, so hand out its methods rather than add a call in between.
+        self.has_member = ledger.is_member
+        self.cap_wh = ledger.cap_wh
 
     def balance_wh(self, member):
         return self.ledger.balance(member_account(member), WATT)
-
-    def cap_wh(self, member):
-        return self.ledger.cap_wh(member)
 
     def money_micro(self, member):
         return self.ledger.balance(member_account(member), MONEY)
@@ -49,9 +47,10 @@ class LedgerPort:
         if trade.buyer == trade.seller:
             raise InvalidTransfer("a member never trades with themselves")
         buyer, seller = member_account(trade.buyer), member_account(trade.seller)
-        legs = [Leg(seller, buyer, WATT, qty_wh)]
+        # Legs as plain tuples: the ledger validates them either way and keeps tuples inside.
+        legs = [(seller, buyer, WATT, qty_wh)]
         if value_micro:
-            legs.append(Leg(buyer, seller, MONEY, value_micro))
+            legs.append((buyer, seller, MONEY, value_micro))
         meta = {"price_micro_per_kwh": trade.price_micro_per_kwh,
                 "delivery_interval_s": trade.interval_start_s,
                 "buy_order_id": str(trade.buy_order_id), "sell_order_id": str(trade.sell_order_id)}

@@ -14,6 +14,15 @@ from host_tools.settlement.errors import DatabaseUrlError, SchemaError
 SCHEMA_VERSION = 1
 _BUSY_TIMEOUT_S = 10.0
 
+
+class TransactionAborted(RuntimeError):
+    """A write failed part-way outside a savepoint: the open transaction can only roll back.
+
+    Not a `LedgerError` (that promises the ledger is unchanged by the refused request): the
+    failed write may have left part of itself behind, so nothing more of the transaction may be
+    written or committed. PostgreSQL treats any failed statement the same way.
+    """
+
 # Portable DDL: BIGINT is 64-bit on both engines; hashes are hex TEXT so both
 # engines compare and return them identically.
 _SCHEMA = [
@@ -125,7 +134,14 @@ class Database:
         # many rollbacks (whole transactions or savepoints) this connection has seen.
         self.transaction_serial = 0
         self.rollbacks = 0
+        # Moves whenever either of those does and when the outermost transaction ends: one
+        # integer comparison tells a cache that nothing of the kind happened since it looked.
+        self.epoch = 0
         self._savepoints = 0
+        # Savepoints opened so far (the benchmark reports statements per trade with them).
+        self.savepoint_count = 0
+        # Depth (savepoint count) at which a write failed part-way, or None: see `abort`.
+        self._aborted_at = None
         if self.backend == "sqlite":
             self.path = target
             try:
@@ -157,6 +173,9 @@ class Database:
         return " FOR UPDATE" if self.backend == "postgresql" else ""
 
     def _sql(self, sql):
+        if self._aborted_at is not None:
+            raise TransactionAborted(
+                "an earlier write of this transaction failed part-way; it can only roll back")
         return sql.replace("?", "%s") if self.backend == "postgresql" else sql
 
     def execute(self, sql, params=()):
@@ -170,6 +189,20 @@ class Database:
         cursor = self._conn.cursor()
         cursor.executemany(self._sql(sql), [tuple(row) for row in rows])
         return cursor
+
+    def abort(self):
+        """Doom the open transaction after a write that failed part-way outside a savepoint.
+
+        Writers that check everything before writing (the ledger's transfers) skip the cost of a
+        savepoint; the price is that a failure inside their writes (a database error, not a
+        refusal) cannot be undone alone. From here on every statement raises
+        `TransactionAborted`, and the outermost block rolls back and raises it instead of
+        committing, unless an enclosing `atomic()` block rolls the failed writes back first.
+        """
+        if not self._depth:
+            return  # no transaction open: the failed statement rolled itself back
+        if self._aborted_at is None:
+            self._aborted_at = self._savepoints
 
     def one(self, sql, params=()):
         return self.execute(sql, params).fetchone()
@@ -202,11 +235,13 @@ class Database:
             return
         self._depth = 1
         self.transaction_serial += 1
+        self.epoch += 1
         try:
             if self.backend == "sqlite":
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield self
+                    self._refuse_if_aborted()
                 except BaseException:
                     self.rollbacks += 1
                     self._conn.execute("ROLLBACK")
@@ -222,11 +257,19 @@ class Database:
                 try:
                     with self._conn.transaction():
                         yield self
+                        self._refuse_if_aborted()
                 except BaseException:
                     self.rollbacks += 1
                     raise
         finally:
             self._depth = 0
+            self._aborted_at = None
+            self.epoch += 1
+
+    def _refuse_if_aborted(self):
+        if self._aborted_at is not None:
+            raise TransactionAborted(
+                "a write of this transaction failed part-way; the transaction was rolled back")
 
     @contextlib.contextmanager
     def atomic(self):
@@ -239,8 +282,13 @@ class Database:
             with self.transaction():
                 yield self
             return
+        if self._aborted_at is not None:
+            raise TransactionAborted(
+                "an earlier write of this transaction failed part-way; it can only roll back")
         self._savepoints += 1
-        name = f"sp{self._savepoints}"
+        self.savepoint_count += 1
+        number = self._savepoints
+        name = f"sp{number}"
         self._depth += 1
         try:
             self._conn.execute(f"SAVEPOINT {name}")
@@ -248,8 +296,11 @@ class Database:
                 yield self
             except BaseException:
                 self.rollbacks += 1
+                self.epoch += 1
                 self._conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
                 self._conn.execute(f"RELEASE SAVEPOINT {name}")
+                if self._aborted_at is not None and self._aborted_at >= number:
+                    self._aborted_at = None  # the failed writes were inside: undone now
                 raise
             self._conn.execute(f"RELEASE SAVEPOINT {name}")
         finally:
