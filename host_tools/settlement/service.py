@@ -1,8 +1,10 @@
 """The settlement service process: MQTT in, `Ingest` in batches, acks out.
 
 Wiring only; the rules live in `ingest`. Messages arrive on paho's network
-thread and wait in a bounded queue (a full queue blocks the network thread,
-which is TCP back-pressure on the broker, never unbounded memory). The main
+thread (`mqttlean.LeanClient`: paho without its per-message objects, which cost
+as much as a signature check) and wait in a bounded queue (a full queue blocks
+the network thread, which is TCP back-pressure on the broker, never unbounded
+memory). The main
 loop takes up to `batch_max` messages or whatever came within `batch_wait_ms`,
 processes them in ONE database transaction, and only then publishes the acks
 and confirms the QoS1 deliveries to the broker (manual PUBACK): a service killed
@@ -154,23 +156,29 @@ class Service:
         # Connected means subscribed: only then can a record published now reach us.
         if all(not code.is_failure for code in reason_codes):
             self.connected.set()
+            # One line per (re)subscription: operators, and the benchmark waiting for every
+            # worker before it measures, see when this worker takes its share of the load.
+            self._say(f"subscribed ({'shared' if self.shared else 'alone'}), "
+                      f"connection {self.connects}")
         else:
             self._say(f"broker refused the subscription: {reason_codes}")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self.connected.clear()
 
-    def _on_message(self, client, userdata, message):
+    def _deliver(self, topic, payload, mid, qos):
         # Blocking put: back-pressure to the broker rather than unbounded memory.
-        self.inbox.put((message.topic, message.payload, int(time.time()), message.mid,
-                        message.qos))
+        self.inbox.put((topic, payload, int(time.time()), mid, qos))
 
     def _connect(self):
         import paho.mqtt.client as mqtt
 
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=f"energo-settle-{os.getpid()}-{os.urandom(3).hex()}",
-                             protocol=mqtt.MQTTv311, clean_session=True, manual_ack=True)
+        from host_tools.settlement.mqttlean import LeanClient
+
+        client = LeanClient(mqtt.CallbackAPIVersion.VERSION2,
+                            client_id=f"energo-settle-{os.getpid()}-{os.urandom(3).hex()}",
+                            protocol=mqtt.MQTTv311, clean_session=True, manual_ack=True,
+                            deliver=self._deliver)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(QUEUE_MESSAGES_MAX)
         client.reconnect_delay_set(0.2, 5)
@@ -179,7 +187,6 @@ class Service:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
         client.connect_async(self.host, self.port, keepalive=30)
         client.loop_start()
         self.client = client
