@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from energo import evproto
 from host_tools.settlement.ledger import Ledger
 from host_tools.settlement.service import Service
-from tests.test_ev_support import COMMUNITY, FEE, PRICE, EvKit, key, spki
+from tests.test_ev_support import COMMUNITY, FEE, PRICE, T0_S, EvKit, key, spki
 
 
 @pytest.fixture
@@ -370,3 +370,35 @@ def test_over_mosquitto(tmp_path, mosquitto):
     with Ledger.open(url, key_path=str(key_path)) as ledger:
         assert ledger.check().ok
         assert ledger.db.one("SELECT state, wh FROM ev_sessions")[:2] == ("settled", 6_000)
+
+
+def test_offers_may_carry_a_price_superseded_within_the_grace(kit):
+    """The market's published price and the one before it always count; an older one only
+    while it was superseded less than PRICE_GRACE_MS ago (intervals closing at once)."""
+    from host_tools.settlement import ev as ev_service
+    from host_tools.settlement import market as settlement_market
+
+    db = kit.ledger.db
+    now_ms = kit.now * 1000
+    grace = ev_service.PRICE_GRACE_MS
+    # (interval, price, recorded at): 101 long ago, then 102 and 103 together just now.
+    rows = [(T0_S - 2700, 101, now_ms - 10 * grace), (T0_S - 1800, 102, now_ms - 1000),
+            (T0_S - 900, 103, now_ms - 1000)]
+    with db.transaction():
+        settlement_market.ensure_tables(db)
+        for start, price, at_ms in rows:
+            db.execute("INSERT INTO market_reference_prices (interval_start_s, "
+                       "price_micro_per_kwh, volume_wh, trade_count, carried, agent_count, "
+                       "agent_order_count, recorded_at_ms) VALUES (?, ?, 0, 0, 0, 0, 0, ?)",
+                       (start, price, at_ms))
+    assert kit.ev.accepted_prices(T0_S) == {101, 102, 103}, "101 was published a second ago"
+    assert kit.ev.current_price() == 103
+    s = kit.nonce()
+    reply = kit.send({"t": "authorize", "offer": kit.offer(s, price=101), "auth": kit.auth(s)})
+    assert reply["t"] == "grant", reply
+    kit.now += grace // 1000 + 1
+    assert kit.ev.accepted_prices(T0_S + 60) == {102, 103}, "101 is stale now"
+    assert kit.ev.accepted_prices(T0_S - 900) == {101, 102}, "only intervals before at_s"
+    s = kit.nonce()
+    reply = kit.send({"t": "authorize", "offer": kit.offer(s, price=101), "auth": kit.auth(s)})
+    assert reply["reason"] == "stale-price", reply

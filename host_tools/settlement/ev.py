@@ -24,6 +24,14 @@ _COLUMNS = ("session, station, vehicle, member, owner, state, offline, price_mic
 _NAMES = [name.strip() for name in _COLUMNS.split(",")]
 
 
+# A price the market superseded this recently still counts in an offer: several intervals can
+# close at once (the service catching up on late records), and a charger hears of each new
+# price only after it was published, so an offer made a moment earlier may carry one that is
+# now two or more prices old.
+PRICE_GRACE_MS = 60_000
+_PRICES_SCANNED = 100  # a day of intervals: more cannot have closed within the grace
+
+
 def hold_id(session):
     return "ev:" + session
 
@@ -40,15 +48,23 @@ class EvService(EvAccounts):
     # --- prices -------------------------------------------------------------------------------
 
     def accepted_prices(self, at_s):
-        """The reference prices valid at `at_s`: the market's last two recorded before it
-        (the published one and the one before, so an offer made just before a new price
-        still counts), or the configured price when the service runs no market."""
+        """The reference prices valid at `at_s`: of the market's prices recorded for intervals
+        before it, the published one, the one before it (an offer made just before a new
+        price still counts), and any older one that was still the published price less than
+        PRICE_GRACE_MS ago; or the configured price when the service runs no market."""
         if self.db.get_meta("market_schema_version") is not None:
-            rows = self.db.all("SELECT price_micro_per_kwh FROM market_reference_prices "
-                               "WHERE interval_start_s < ? ORDER BY interval_start_s DESC "
-                               "LIMIT 2", (at_s,))
+            rows = self.db.all("SELECT price_micro_per_kwh, recorded_at_ms "
+                               "FROM market_reference_prices WHERE interval_start_s < ? "
+                               "ORDER BY interval_start_s DESC LIMIT ?", (at_s, _PRICES_SCANNED))
             if rows:
-                return {row[0] for row in rows}
+                since_ms = self.ledger.clock_ms() - PRICE_GRACE_MS
+                accepted = {row[0] for row in rows[:2]}
+                # rows[i] stopped being the published price when rows[i - 1] was recorded.
+                for newer, older in zip(rows[1:], rows[2:], strict=False):
+                    if newer[1] < since_ms:
+                        break
+                    accepted.add(older[0])
+                return accepted
         return {self.ledger.config.ev_reference_price_micro_per_kwh}
 
     def current_price(self):
@@ -87,8 +103,8 @@ class EvService(EvAccounts):
         if auth["exp"] < offer["at"]:
             raise ProtocolError("expired", "the auth expired before the offer was made")
         if offer["price"] not in self.accepted_prices(price_at_s):
-            raise ProtocolError("stale-price", f"{offer['price']} µ/kWh is not the reference "
-                                "price of the current or previous interval")
+            raise ProtocolError("stale-price", f"{offer['price']} µ/kWh is not a current "
+                                "reference price")
         if offer["fee"] != station["fee"]:
             raise ProtocolError("stale-price", f"fee {offer['fee']} µ/kWh is not the station's "
                                 f"fee {station['fee']}")
