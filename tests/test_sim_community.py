@@ -191,22 +191,50 @@ def test_a_community_run_with_a_charger_and_two_paying_vehicles(tmp_path, capsys
     """The charger and both vehicles in a short run: each session paid, its receipt verified
     from the file the vehicle kept (by `energo verify`, against the service's key), the money
     moved as the receipts say, and the station's meter settled like any other."""
-    from host_tools.settlement.ev_accounts import EvAccounts
-    from host_tools.settlement.ledger import MONEY, Ledger, member_account
-    from host_tools.settlement.registry import Registry
-
     out = tmp_path / "community"
     status = main(["sim", "community", "--households", "2", "--hours", "1", "--start-hour", "0",
                    "--seed", "5", "--ev-target-wh", "500", "--out", str(out)])
     printed = capsys.readouterr().out
     assert status == 0, printed[-3000:]
+    result = _check_paid_sessions(out, printed, tmp_path, capsys)
+    for s in result["ev_sessions"]["sessions"]:
+        assert 500 <= s["wh"] <= 560, s  # the vehicle stopped at its target
+
+
+@pytest.mark.slow
+@pytest.mark.mosquitto
+def test_two_vehicles_pay_in_a_whole_simulated_day_through_mosquitto(tmp_path, capsys):
+    """The charger firmware's acceptance run: a whole day (00:00-24:00) through a private
+    Mosquitto with the generated ACL, the vehicles arriving a third and two thirds into it and
+    charging what they want (3 to 5 kWh); both pay unattended, their receipts verify, the
+    station's energy is settled from its records and the ledger's invariants hold."""
+    out = tmp_path / "community"
+    status = main(["sim", "community", "--households", "3", "--hours", "24", "--start-hour",
+                   "0", "--seed", "2", "--mosquitto", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert status == 0, printed[-3000:]
+    result = _check_paid_sessions(out, printed, tmp_path, capsys)
+    planned = {a["member"]: a for a in result["ev_sessions"]["planned"]}
+    for s in result["ev_sessions"]["sessions"]:
+        assert s["wh"] >= planned[s["member"]]["target_wh"], s  # charged what it wanted
+    assert result["run"]["hours"] == 24 and not result["run"]["interrupted"]
+    assert result["ledger"]["burned_total_wh"] > 0, "imports burned community energy"
+    assert result["ledger"]["intervals_closed"] >= 95
+
+
+def _check_paid_sessions(out, printed, tmp_path, capsys):
+    """Both planned sessions paid and verified, as the summary, the ledger, the receipt files
+    (`energo verify`), the report and the station's console each tell it; the summary."""
+    from host_tools.settlement.ev_accounts import EvAccounts
+    from host_tools.settlement.ledger import MONEY, Ledger, member_account
+    from host_tools.settlement.registry import Registry
+
     result = json.loads((out / "summary.json").read_text())
     block = result["ev_sessions"]
     assert block["paid_verified"] == 2 and len(block["sessions"]) == 2, block
     assert [s["member"] for s in block["sessions"]] == list(ev.DRIVERS)
     for s in block["sessions"]:
         assert s["state"] == "settled" and s["stop"] == "E" and not s["offline"], s
-        assert 500 <= s["wh"] <= 560, s  # the vehicle stopped at its target
         assert s["fee_micro_per_kwh"] == ev.STATION_FEE_MICRO_PER_KWH
         assert s["total_micro"] == s["energy_micro"] + s["fee_micro"] > 0
         assert s["paid_to_owner_micro"] == s["total_micro"]
@@ -251,3 +279,4 @@ def test_a_community_run_with_a_charger_and_two_paying_vehicles(tmp_path, capsys
         (out / "report.html").read_text()
     console = (out / "boards" / "station.console.txt").read_text()
     assert "Traceback" not in console and console.count("settled:") == 2
+    return result
