@@ -402,3 +402,70 @@ def test_offers_may_carry_a_price_superseded_within_the_grace(kit):
     s = kit.nonce()
     reply = kit.send({"t": "authorize", "offer": kit.offer(s, price=101), "auth": kit.auth(s)})
     assert reply["reason"] == "stale-price", reply
+
+
+def test_a_session_never_closed_gives_its_hold_back_and_a_late_close_still_pays(kit):
+    """After ev_hold_expiry_s the hold goes back to the driver and the session shows as
+    expired; when its charger closes it days later, the same cost is paid from the driver's
+    account directly, once, and the receipt verifies like any other."""
+    expiry_s = kit.ledger.config.ev_hold_expiry_s
+    money = kit.money()
+    session, offer, auth, reply = kit.authorize()
+    assert reply["t"] == "grant", reply
+    hold = evproto.open_message(reply["grant"], "grant", kit.ev.community_key_hex())["hold"]
+    assert kit.money()[1] == hold > 0
+    kit.now += expiry_s - 10
+    assert kit.ev.expire_holds() == [], "not yet"
+    assert kit.ev.session(session)["state"] == "authorized"
+    kit.now += 20
+    assert kit.ev.expire_holds() == [session]
+    assert kit.ev.expire_holds() == [], "once"
+    assert kit.money() == money, "every micro back with the driver"
+    assert kit.ev.session(session)["state"] == "expired"
+    assert kit.ev.counts["expired"] == 1
+    records = kit.records(session, 10_000)
+    close = kit.close_request(session, offer, auth, records,
+                              kit.meter(session, records[-1], 10_000))
+    reply = kit.send(close)
+    assert reply["t"] == "receipt", reply
+    row = kit.ev.session(session)
+    assert row["state"] == "settled" and 0 < row["total_micro"] <= hold
+    balances, held = kit.money()
+    assert held == 0
+    assert balances["driver"] == money[0]["driver"] - row["total_micro"]
+    assert balances["owner"] == money[0]["owner"] + row["total_micro"]
+    assert kit.send(close) == reply, "a repeated close gets the same receipt, pays nothing"
+    assert kit.money() == (balances, 0)
+    assert kit.ledger.check().ok
+
+
+def test_an_expired_session_is_refused_without_funds_and_paid_when_they_come(tmp_path):
+    """A late close beyond the driver's credit is refused as insufficient-funds (nothing moves)
+    and settles once money has come in."""
+    from host_tools.settlement.ledger import MONEY, Leg, member_account
+
+    kit = EvKit(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "key.pem")
+    try:
+        session, offer, auth, reply = kit.authorize()
+        assert reply["t"] == "grant", reply
+        kit.now += kit.ledger.config.ev_hold_expiry_s + 1
+        assert kit.ev.expire_holds() == [session]
+        # The driver spends everything their credit allows meanwhile.
+        credit = kit.ledger.config.member_credit_limit_micro
+        spent = credit + kit.ledger.balance(member_account("driver"), MONEY)
+        kit.ledger.transfer("spend", [Leg(member_account("driver"), member_account("other"),
+                                          MONEY, spent)])
+        money = kit.money()
+        records = kit.records(session, 10_000)
+        close = kit.close_request(session, offer, auth, records,
+                                  kit.meter(session, records[-1], 10_000))
+        assert kit.send(close)["reason"] == "insufficient-funds"
+        assert kit.money() == money and kit.ev.session(session)["state"] == "expired"
+        kit.ledger.transfer("top-up", [Leg(member_account("other"), member_account("driver"),
+                                           MONEY, spent)])
+        reply = kit.send(close)
+        assert reply["t"] == "receipt", reply
+        assert kit.ev.session(session)["state"] == "settled"
+        assert kit.ledger.check().ok
+    finally:
+        kit.close()

@@ -17,7 +17,7 @@ _INT_OR_NULL = schemas.INT_OR_NULL
 SESSION = schemas.obj(
     session={"type": "string", "pattern": "^[0-9a-f]{32}$"}, station=schemas.STR,
     vehicle=schemas.STR, member=schemas.STR, owner=schemas.STR,
-    state={"type": "string", "enum": ["authorized", "settled"]}, offline=schemas.BOOL,
+    state={"type": "string", "enum": ["authorized", "settled", "expired"]}, offline=schemas.BOOL,
     price_micro_per_kwh=schemas.INT, fee_micro_per_kwh=schemas.INT, hold_micro=schemas.INT,
     wh=_INT_OR_NULL, energy_micro=_INT_OR_NULL, fee_micro=_INT_OR_NULL,
     total_micro=_INT_OR_NULL, released_micro=_INT_OR_NULL, stop=schemas.STR_OR_NULL,

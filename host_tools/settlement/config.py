@@ -40,10 +40,12 @@ class SettlementConfig:
     interval_energy_wh_max: int = 10**12
     # EV charge-and-pay (docs/charging-protocol.md): the reference price a charger offers
     # when the service runs no market, a station's service fee until its owner sets one,
-    # and a new vehicle's offline limit per session.
+    # a new vehicle's offline limit per session, and how long a session may stay open before
+    # its hold goes back to the driver (a charger that died or lost its link for days).
     ev_reference_price_micro_per_kwh: int = 250_000
     ev_station_fee_micro_per_kwh: int = 30_000
     ev_offline_limit_micro: int = 10_000_000
+    ev_hold_expiry_s: int = 2 * 86_400
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -65,6 +67,9 @@ class SettlementConfig:
             raise ConfigError(f"the storage fee split must add up to 100 percent, got {split}")
         if self.bmax_wh is None and self.storage_price_micro_per_kwh == 0:
             raise ConfigError("storage_price_micro_per_kwh must be positive to derive bmax_wh")
+        if self.ev_hold_expiry_s < 3600:
+            raise ConfigError(f"ev_hold_expiry_s must be at least 3600 (a session's length), "
+                              f"got {self.ev_hold_expiry_s}")
         if self.transfer_legs_max < 1:
             raise ConfigError("transfer_legs_max must be at least 1")
 

@@ -6,6 +6,13 @@ and into the counters; a refused request changes nothing. Money moves only throu
 `holds` (place on the vehicle's member, capture to the station owner's member account,
 release of the rest) inside one database transaction with the session row, under the
 ledger's lock, so two workers or a repeated request can never settle a session twice.
+
+A session that is not closed within `ev_hold_expiry_s` of its authorization (its charger died,
+or lost its link for days) gives its hold back to the driver (`expire_holds`, run by the
+service once a minute); the session then shows as `expired`. Its records are still on the
+charger's flash, and a close that arrives later is settled all the same: the cost, never above
+the old hold, is paid from the driver's account directly (within the community's credit
+limit; refused as `insufficient-funds` and tried again by the charger otherwise).
 """
 import json
 
@@ -14,7 +21,7 @@ from energo.evproto import ProtocolError
 from host_tools.settlement import ev_records, holds
 from host_tools.settlement.errors import LedgerError
 from host_tools.settlement.ev_accounts import EvAccounts, EvError  # noqa: F401 - re-exported
-from host_tools.settlement.ledger import member_account
+from host_tools.settlement.ledger import MONEY, Leg, member_account
 
 REQUEST_BYTES_MAX = 1 << 20
 _COLUMNS = ("session, station, vehicle, member, owner, state, offline, price_micro_per_kwh, "
@@ -42,7 +49,8 @@ class EvService(EvAccounts):
     def __init__(self, ledger, registry, community=None, clock_s=None):
         super().__init__(ledger, registry, community, clock_s)
         self.prefix = f"energo/v1/{community}/"
-        self.counts = {"sync": 0, "granted": 0, "settled": 0, "replayed": 0, "errors": 0}
+        self.counts = {"sync": 0, "granted": 0, "settled": 0, "replayed": 0, "errors": 0,
+                       "expired": 0}
         self.rejected = dict.fromkeys(evproto.REASONS, 0)
 
     # --- prices -------------------------------------------------------------------------------
@@ -196,6 +204,8 @@ class EvService(EvAccounts):
             again = self._row(session, for_update=True)
             if again is not None and again["state"] == "settled":  # another worker won
                 return {"t": "receipt", "receipt": again["receipt"]}
+            # Its hold went back to the driver (expire_holds): the cost is paid directly.
+            terms["expired"] = again is not None and again["released_micro"] is not None
             if row is None:
                 if again is not None:
                     raise ProtocolError("nonce-reused", f"session {session} was used before")
@@ -233,7 +243,16 @@ class EvService(EvAccounts):
         energy, fee, total = evproto.cost(checked["wh"], terms["price"], terms["fee"], hold)
         owner = member_account(station["owner"])
         payments = [(owner, amount) for amount in (energy, fee) if amount]
-        if hold:
+        if terms.get("expired"):
+            if payments:
+                payer = member_account(terms["vehicle"]["member"])
+                try:
+                    self.ledger.transfer(f"ev:{session}:late", [
+                        Leg(payer, account, MONEY, amount) for account, amount in payments],
+                        kind="ev_late")
+                except LedgerError as exc:
+                    raise ProtocolError("insufficient-funds", str(exc)) from None
+        elif hold:
             holds.capture(self.ledger, hold_id(session), payments)
         vehicle = terms["vehicle"]
         now = self.clock_s()
@@ -252,6 +271,31 @@ class EvService(EvAccounts):
             (checked["wh"], energy, fee, total, hold - total, checked["stop"], receipt,
              records[0], records[-1], meter, now, session))
         return receipt
+
+    # --- expiry -------------------------------------------------------------------------------
+
+    def expire_holds(self):
+        """Give back the holds of sessions authorized more than `ev_hold_expiry_s` ago and
+        never closed; the sessions expired (each in its own transaction, idempotent)."""
+        before_s = self.clock_s() - self.ledger.config.ev_hold_expiry_s
+        due = [row[0] for row in self.db.all(
+            "SELECT session FROM ev_sessions WHERE state = 'authorized' AND released_micro IS "
+            "NULL AND authorized_at_s < ? ORDER BY authorized_at_s", (before_s,))]
+        expired = []
+        for session in due:
+            with self.db.transaction():
+                self.ledger.lock()
+                row = self._row(session, for_update=True)
+                if row is None or row["state"] != "authorized" \
+                        or row["released_micro"] is not None:
+                    continue  # closed or expired meanwhile (another worker)
+                if row["hold_micro"]:
+                    holds.release(self.ledger, hold_id(session))
+                self.db.execute("UPDATE ev_sessions SET released_micro = hold_micro "
+                                "WHERE session = ?", (session,))
+            expired.append(session)
+        self.counts["expired"] += len(expired)
+        return expired
 
     # --- sessions (API, CLI) ------------------------------------------------------------------
 
@@ -368,5 +412,7 @@ def _public(row):
     out["price_micro_per_kwh"] = row["price_micro_per_kwh"]
     out["fee_micro_per_kwh"] = row["fee_micro_per_kwh"]
     out["offline"] = bool(row["offline"])
+    if row["state"] == "authorized" and row["released_micro"] is not None:
+        out["state"] = "expired"  # its hold went back to the driver (expire_holds)
     out["receipt"] = row["receipt"]
     return out

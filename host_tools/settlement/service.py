@@ -31,6 +31,7 @@ from host_tools.settlement.registry import Registry
 
 QUEUE_MESSAGES_MAX = 20_000
 SHARE_GROUP = "settle"
+EXPIRE_EVERY_S = 60.0  # how often sessions never closed are looked for (EvService.expire_holds)
 
 
 class ServiceError(ValueError):
@@ -254,11 +255,15 @@ class Service:
             except Exception as exc:  # noqa: BLE001 - the next interval close publishes anyway
                 self._say(f"price not republished: {str(exc)[:200]}")
         next_status = time.monotonic() + self.status_every_s
+        next_expiry = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 batch = self._next_batch()
                 if batch:
                     self.process(batch)
+                if time.monotonic() >= next_expiry:
+                    self._expire_holds()
+                    next_expiry = time.monotonic() + EXPIRE_EVERY_S
                 if self.out is not None and time.monotonic() >= next_status:
                     self._say(self.status_line())
                     next_status = time.monotonic() + self.status_every_s
@@ -267,6 +272,17 @@ class Service:
                 self._say("stopping; " + self.status_line())
             finally:
                 self.close()
+
+    def _expire_holds(self):
+        """Give drivers back the holds of sessions never closed (EvService.expire_holds)."""
+        try:
+            expired = self.ev.expire_holds()
+        except Exception as exc:  # noqa: BLE001 - retried at the next minute; never stops ingest
+            self._say(f"hold expiry failed: {str(exc)[:200]}")
+            return
+        if expired:
+            self._say(f"expired {len(expired)} session(s) never closed; holds released: "
+                      + ", ".join(expired[:10]))
 
     def close(self):
         if self.client is not None:
