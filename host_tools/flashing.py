@@ -38,6 +38,11 @@ from energo import boardcfg, devcfg, identity, p256
 FIRMWARE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "firmware")
 MPREMOTE_TIMEOUT_S = 120  # one mpremote call; copying the library over USB takes ~10-30 s
+# mpremote's `reset` runs `time.sleep_ms(100); machine.reset()` on the board and returns without
+# waiting; the next mpremote call enters the raw REPL with Ctrl-C, which, arriving within those
+# 100 ms, interrupts the sleep and cancels the reset. So a call that ends in a reset waits this
+# long (a real ESP32 is only starting to boot by then anyway).
+RESET_SETTLE_S = 0.5
 HTTP_TIMEOUT_S = 20
 HTTP_BODY_BYTES_MAX = 64 * 1024
 CONFIG_BYTES_MAX = 8192  # main.py reads at most this much of /board.json
@@ -147,6 +152,8 @@ class Mpremote:
         if done.returncode != 0:
             tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
             raise FlashError(f"mpremote on {self.port} failed: {' / '.join(tail) or 'no output'}")
+        if args and args[-1] == "reset":
+            time.sleep(RESET_SETTLE_S)
         return done.stdout
 
     def run_retrying(self, *args, attempts=3, wait_s=1.0, cwd=None):

@@ -96,6 +96,7 @@ def test_flash_an_emulated_board(board, tmp_path, capsys):
              "rst:0xc (SW_CPU_RESET)", "energo: meter m-"]
     at = 0
     for step in steps:
+        assert step in log[at:], f"{step!r} missing after offset {at} of:\n{log}"
         at = log.index(step, at) + len(step)
     assert "TG0WDT_SYS_RESET" not in log
     assert {p.name: p.read_bytes() for p in (flash / "data").iterdir()
