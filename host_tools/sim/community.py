@@ -234,14 +234,14 @@ class Household:
         self.device_id, self.spki_hex = meter.device_id, meter.spki_hex
         return self.device_id
 
-    def start(self, community, mqtt_url, password, start_epoch_s, stop=None):
+    def start(self, community, mqtt_url, password, start_epoch_s):
         cfg = boards.device_config(community, mqtt_url, self.options.record_interval_s,
                                    self.sample_interval_ms, user=self.device_id,
                                    password=password)
         boards.flash_firmware(self.flash_dir, self.board_cfg, cfg)
         self.meter = self._make(start_epoch_s, self.options.speed)
-        self.started = self.running = True
-        self.meter.start(stop=stop)
+        self.running = True
+        self.meter.start()
         if self.meter.device_id != self.device_id:
             raise boards.BoardError(f"{self.plan['member']}: the device key changed on reboot")
 
