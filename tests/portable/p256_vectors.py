@@ -60,4 +60,41 @@ check.raises(ValueError, lambda: p256.public_key(b"\x00" * 32), "zero private ke
 check.raises(ValueError, lambda: p256.public_key(bytes.fromhex("ff" * 32)), "key >= n")
 check.raises(ValueError, lambda: p256.parse_public_key(b"\x04" + b"\x01" * 64), "off-curve key")
 check.eq(p256.verify(pub, b"sample", b"\x30\x00"), False, "empty DER")
+
+
+# Stepwise signing and verification: the same results, in slices.
+def count_steps(steps):
+    n = 0
+    try:
+        while True:
+            next(steps)
+            n += 1
+    except StopIteration as done:
+        return n, done.value
+
+
+digest = hashlib.sha256(b"sample").digest()
+n, sig = count_steps(p256.sign_steps(priv, digest))
+check.eq(sig.hex(), rfc["sample"]["der"].lower(), "stepwise signature")
+check.true(n >= 10, "signing yields between slices")
+n, ok = count_steps(p256.verify_steps(pub, b"sample", sig))
+check.true(ok and n >= 10, "stepwise verification")
+check.eq(p256.finish(p256.verify_steps(pub, b"sampl", sig)), False, "stepwise refusal")
+print("steps", n)
+
+# A precomputed comb table (as flashed into ROMFS) gives the same signatures; a damaged one
+# is refused and the table in use stays.
+namespace = {}
+exec(p256.comb_module_source(4), namespace)
+check.true(p256.use_comb(namespace["ROWS"], namespace["TABLE"], namespace["SHA256"]),
+           "precomputed comb accepted")
+check.eq(p256.sign(priv, b"test").hex(), rfc["test"]["der"].lower(), "signature, 4-row comb")
+check.eq(p256.public_key(priv), pub, "public key, 4-row comb")
+damaged = bytearray(namespace["TABLE"])
+damaged[100] ^= 1
+check.eq(p256.use_comb(4, bytes(damaged), namespace["SHA256"]), False, "damaged comb refused")
+check.true(p256.comb_problem is not None, "damage reported")
+check.eq(p256.use_comb(4, namespace["TABLE"][:-64], namespace["SHA256"]), False, "short comb")
+check.eq(p256.sign(priv, b"sample").hex(), rfc["sample"]["der"].lower(), "comb kept")
+check.raises(ValueError, lambda: p256.comb_module_source(1), "comb rows out of range")
 check.done()

@@ -245,13 +245,18 @@ class Keystore:
 
     def sign(self, payload):
         """DER ECDSA-P256-SHA256 signature over payload (bytes, or str as UTF-8)."""
+        return p256.finish(self.sign_steps(payload))
+
+    def sign_steps(self, payload):
+        """sign() in slices: a generator that yields between them and returns the signature
+        (p256.sign_steps). Checks the key and the payload at once, before the first slice."""
         if self.status not in READY:
             raise KeystoreError("keystore %s: refusing to sign" % self.status)
         if isinstance(payload, str):
             payload = payload.encode()
         if not isinstance(payload, (bytes, bytearray)):
             raise KeystoreError("payload must be bytes or str")
-        return p256.sign(self._priv, bytes(payload))
+        return p256.sign_steps(self._priv, hashlib.sha256(payload).digest())
 
     def reset_identity(self, confirm):
         """Operator only: drop the key so the next open() makes a new identity.
