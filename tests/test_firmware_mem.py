@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from host_tools import cli, micropython
+from host_tools import cli, flashing, micropython
 from host_tools.bench import firmware_mem
 from host_tools.errors import UsageError
 from tests.conftest import need
@@ -55,7 +55,7 @@ def test_bench_prints_the_meter_figures(bench_result):
                 "heap_end_bytes", "heap_grew", "meter_peak_target_bytes"):
         assert key in result, key
     assert result["role"] == "meter"
-    assert result["code"] == "mpy"
+    assert result["code"] == "romfs"
     assert result["heap_bytes"] == firmware_mem.HEAP_BYTES_DEFAULT
 
 
@@ -189,22 +189,25 @@ def test_cli_reports_a_bad_argument_in_one_line(capsys):
     assert err.strip() == "energo bench: --records must be between 1 and 100"
 
 
-def test_compile_tree_makes_mpy_files(tmp_path):
+def test_compile_tree_makes_mpy_files_for_the_bench(tmp_path):
     src = tmp_path / "src" / "pkg"
     src.mkdir(parents=True)
     (src / "a.py").write_text("X = 1\n")
     (src / "notes.txt").write_text("not code\n")
-    out = firmware_mem.compile_tree(str(tmp_path / "src"), str(tmp_path / "out"))
-    files = sorted(p.relative_to(out).as_posix() for p in (tmp_path / "out").rglob("*")
-                   if p.is_file())
+    out = tmp_path / "out"
+    flashing.compile_tree(str(tmp_path / "src"), str(out), march=None)
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert files == ["pkg/a.mpy"]
-    assert (tmp_path / "out" / "pkg" / "a.mpy").read_bytes()[:1] == b"M"
+    assert (out / "pkg" / "a.mpy").read_bytes()[:2] == b"M\x06"  # .mpy version 6
 
 
-def test_compile_tree_names_the_file_micropython_rejects(tmp_path):
-    (tmp_path / "bad.py").write_text("def f(:\n")
+def test_a_file_micropython_rejects_stops_the_bench_with_its_name(tmp_path, monkeypatch):
+    fake = tmp_path / "firmware" / "lib" / "energo"
+    fake.mkdir(parents=True)
+    (fake / "bad.py").write_text("def f(:\n")
+    monkeypatch.setattr(micropython, "FIRMWARE_LIB", tmp_path / "firmware" / "lib")
     with pytest.raises(firmware_mem.MeasureError, match="bad.py"):
-        firmware_mem.compile_tree(str(tmp_path), str(tmp_path / "out"))
+        firmware_mem.measure("meter", code="mpy")
 
 
 # --- the stand-ins and run.mjs --async, on real MicroPython ------------------------------------
@@ -229,6 +232,12 @@ def test_run_mjs_async_runs_top_level_await_and_tasks(tmp_path):
                          "print(r[0] + r[1])\n", "--async")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "42"
+
+
+@pytest.mark.mpy
+def test_run_mjs_js_gc_needs_node_to_expose_it(tmp_path):
+    done = _mp(tmp_path, "print(1)\n", "--js-gc-ms", "50")
+    assert done.returncode == 2 and "--expose-gc" in done.stderr
 
 
 @pytest.mark.mpy

