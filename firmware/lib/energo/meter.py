@@ -38,6 +38,11 @@ class Meter:
     # second: enough for the keepalive and an ack, a new record waits at most that long, and
     # the radio and the CPU are idle four fifths of the ticks they would otherwise spend.
     idle_link_ms = 1000
+    # The pause between two slices of a record's signature (make_record_in_slices): nothing
+    # waits on a meter's record, so the pause is long enough for every other task to run and
+    # the event loop to finish its pass (MicroPython's WebAssembly port collects garbage only
+    # between passes; an ADC window can take a few ms). A charger, whose vehicle waits, uses 1.
+    slice_pause_ms = 10
 
     def __init__(self, board, settings, machine, root="/data", reset_cause=None):
         self.board = board
@@ -121,6 +126,34 @@ class Meter:
         """Sign and store the next record; the record's bytes, or False when the outbox is
         full (retried later) or the source has no reading yet (a record never carries a
         guessed register). A charger passes pg "T", its TX and the session's vendor keys."""
+        begun = self._begin_record(pg, tx, tail)
+        if not begun:
+            return False
+        return self._end_record(begun[0], begun[1], self.keystore.sign(begun[1]))
+
+    async def make_record_in_slices(self, pg="F", tx="C", tail=()):
+        """make_record, with the signature made in slices (p256.sign_steps) and the event
+        loop run between them. Why: a signature is ~0.5 s of pure Python on an ESP32, which
+        would hold every other task up for that long, and all its garbage (~150 KB) would
+        pile up where nothing else runs; a slice makes ~13 KB. The pause (slice_pause_ms) is
+        never 0, so the loop finishes a pass between slices even with nothing else ready.
+        Only one record is made at a time: record_task is the only caller in the meter role
+        (a charger holds its record_lock around every call)."""
+        begun = self._begin_record(pg, tx, tail)
+        if not begun:
+            return False
+        steps = self.keystore.sign_steps(begun[1])
+        while True:
+            await asyncio.sleep_ms(self.slice_pause_ms)  # the payload's garbage is a slice too
+            try:
+                next(steps)
+            except StopIteration as done:
+                sig = done.value
+                break
+        return self._end_record(begun[0], begun[1], sig)
+
+    def _begin_record(self, pg, tx, tail):
+        """(counter, payload bytes) of the next record, or False (see make_record)."""
         if not self.source.ready:
             self.errors["no_reading"] += 1
             return False
@@ -144,8 +177,10 @@ class Meter:
                                      readings, extra)
         # Encoded once: the bytes signed are the bytes stored, and a second copy of a ~600-byte
         # payload (and of the whole record as text) is garbage every interval.
-        payload = payload.encode()
-        sig = self.keystore.sign(payload)
+        return counter, payload.encode()
+
+    def _end_record(self, counter, payload, sig):
+        """Store the signed record; its bytes, or False when the outbox is full."""
         record = b"".join((b"OCMF|", payload, _SIG_HEAD, binascii.hexlify(sig), b'"}'))
         try:
             self.keep_record(counter, record)
@@ -167,8 +202,12 @@ class Meter:
             self._mark("record", self.settings["record_interval_s"] * 1000)
             now = wallclock.now_ms()
             await asyncio.sleep_ms(interval_ms - now % interval_ms)
-            self.make_record()
+            await self.periodic_record()
             gc.collect()
+
+    async def periodic_record(self):
+        """The record of each interval (a charger decides what kind; see Charger)."""
+        await self.make_record_in_slices()
 
     async def link_task(self):
         while True:

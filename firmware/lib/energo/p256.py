@@ -38,9 +38,11 @@ _COMB_ROWS = const(7)  # the table built on the board
 ROM_COMB_ROWS = 8  # the precomputed table
 _WINDOW_BITS = const(4)  # for k*Q with a variable Q (verification)
 # Work between two yields of the stepwise generators (sign_steps, verify_steps): comb columns
-# for k*G, windows for k*Q. About 10 KB of garbage on MicroPython, a few ms on an ESP32.
-STEP_COLUMNS = 1
-STEP_WINDOWS = 1
+# for k*G (~4.3 KB of garbage each on MicroPython), windows for k*Q (~10.6 KB each). A slice's
+# garbage bounds what a pass adds to the heap; each slice boundary costs its caller a pause
+# (>= 1 ms: see Meter.make_record_in_slices), which a charger's handshake pays ~130 times.
+STEP_COLUMNS = 3
+STEP_WINDOWS = 2
 
 # DER SubjectPublicKeyInfo prefix for an uncompressed P-256 key (id-ecPublicKey, prime256v1).
 SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
@@ -256,6 +258,8 @@ def _mul_steps(pt, k):
     table = [(1, 1, 0), pt]
     for i in range(2, 1 << _WINDOW_BITS):
         table.append(_add(table[i - 1], pt))
+        if i % 4 == 0:
+            yield  # the table's 14 additions are four slices' worth of garbage
     yield
     acc = (1, 1, 0)
     shift = 256 - _WINDOW_BITS
