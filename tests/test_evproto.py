@@ -124,3 +124,32 @@ def test_hold_covers_emax_unless_capped(emax, cmax, price, fee):
     assert hold <= cmax
     if hold < cmax:
         assert evproto.cost(emax, price, fee, hold)[2] == emax * price // 1000 + emax * fee // 1000
+
+
+def test_sliced_lets_other_tasks_run_between_the_slices(monkeypatch):
+    """evproto.sliced: the verification's result, with another task running in between."""
+    import asyncio
+
+    monkeypatch.setattr(asyncio, "sleep_ms", lambda ms: asyncio.sleep(ms / 1000), raising=False)
+    priv = bytes([0x22] * 32)
+    line = evproto.sign_message(priv, {"t": "meter", "session": "0" * 32,
+                                       "vehicle": evproto.key_id(p256.public_key(priv), "vehicle"),
+                                       "station": "c-" + "0" * 12, "record": "a" * 64, "wh": 5})
+    ticks = []
+
+    async def other():
+        while True:
+            ticks.append(1)
+            await asyncio.sleep(0)
+
+    async def main(key):
+        side = asyncio.create_task(other())
+        try:
+            return await evproto.sliced(evproto.verify_steps(line, key))
+        finally:
+            side.cancel()
+
+    assert asyncio.run(main(p256.public_key(priv))) is None
+    assert len(ticks) > 10
+    with pytest.raises(ProtocolError, match="bad-signature"):
+        asyncio.run(main(p256.public_key(bytes([0x33] * 32))))

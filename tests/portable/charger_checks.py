@@ -177,8 +177,15 @@ allow_msg = evproto.sign_message(SERVICE, {"t": "allow", "community": "demo", "s
                                                          "limit": 700}]})
 trust = Trust(root + "/trust.json", station, c_pub)
 check.eq(trust.load(), False, "no trust file yet")
-check.eq(trust.apply_sync({"t": "sync", "cert": cert, "allow": allow_msg,
-                           "community_key": s_pub}), True, "sync taken")
+steps = trust.apply_sync_steps({"t": "sync", "cert": cert, "allow": allow_msg,
+                                "community_key": s_pub})
+sliced = 0
+try:
+    while True:
+        next(steps)
+        sliced += 1
+except StopIteration as done:
+    check.eq((done.value, sliced > 20), (True, True), "sync taken, verified in slices")
 check.eq((trust.fee, trust.cert_valid(2999), trust.cert_valid(3001)), (FEE, True, False),
          "certificate")
 check.eq(trust.apply_sync({"t": "sync", "cert": cert, "allow": allow_msg,

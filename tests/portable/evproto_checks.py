@@ -46,6 +46,23 @@ check.eq(reason(lambda: evproto.open_message(auth, "auth", c_pub), "auth wrong k
 check.eq(reason(lambda: evproto.open_message(auth, "offer"), "auth as offer"), "malformed",
          "wrong type")
 
+
+def slices(steps):
+    """How many times a steps-generator yields before it ends (its result is dropped)."""
+    count = 0
+    for _ in steps:
+        count += 1
+    return count
+
+
+check.eq(slices(evproto.verify_steps(auth, v_pub)) > 10, True, "verification in slices")
+check.eq(reason(lambda: slices(evproto.verify_steps(auth, c_pub)), "sliced, wrong key"),
+         "bad-signature", "sliced verification under the charger key")
+check.eq(reason(lambda: slices(evproto.verify_steps(auth[:-2] + "zz", v_pub)), "sliced, hex"),
+         "bad-signature", "sliced verification of a signature that is not hex")
+check.eq(reason(lambda: slices(evproto.verify_steps(auth, "00")), "sliced, no key"),
+         "malformed", "sliced verification under no key")
+
 allow = evproto.sign_message(SERVICE, {"t": "allow", "community": "demo", "seq": 3,
                                        "exp": 1790086400,
                                        "vehicles": [{"id": vehicle, "pub": v_pub,

@@ -11,6 +11,13 @@
 # boot a session that was charging ends with a TX P record carrying the register as the meter
 # reads it then, and every session not yet settled is closed again until the service's
 # receipt arrives. The service settles by session exactly once, so repeats are harmless.
+#
+# Every signature and verification is made in slices (evproto.sliced) so that the other tasks
+# run in between and no single loop pass holds a whole one's garbage. Records, periodic and
+# session alike, are made one at a time (record_lock, held from the counter taken to the
+# record stored): a session record may not overtake a periodic one half-signed (counters out of
+# order, the XC chain forked). The Evse's task never waits on any of this.
+import asyncio
 import binascii
 import json
 import os
@@ -61,6 +68,7 @@ class Charger(ServiceSide, Meter):
     role = "charger"
     firmware_name = "energo-charger"
     idle_link_ms = 200  # a vehicle's handshake waits on the service's answers: never idle
+    slice_pause_ms = 1  # and on the records and checks signed in slices (evproto.sliced)
     _recording = None  # the session whose records are being made (keep_record journals them)
     _periodic = False  # the record being made is a periodic C record (it may not fill the log)
 
@@ -76,6 +84,7 @@ class Charger(ServiceSide, Meter):
         uart = self.machine.UART(cfg["uart"], baudrate=cfg.get("baudrate", 115200),
                                  tx=cfg["tx"], rx=cfg["rx"])
         self.vehicle = VehicleLink(uart)
+        self.record_lock = asyncio.Lock()  # one record at a time (see the header)
         self.journal = Journal(self.root + "/ev")
         self.trust = Trust(self.root + "/evtrust.json", device_id, self.spki)
         self.trust.load()
@@ -111,74 +120,72 @@ class Charger(ServiceSide, Meter):
 
     # --- records -----------------------------------------------------------------------------
 
-    def make_record(self, pg=None, tx="C", tail=()):
+    async def periodic_record(self):
         """Periodic records: T<n> with the session id while a session is metered, else F<n>."""
-        if pg is not None:
-            return Meter.make_record(self, pg, tx, tail)
-        if self.boot_end:
-            return False  # the interrupted session's TX P comes first (its T<n> contiguous)
-        state = self._recording
-        if state is None:
-            return Meter.make_record(self, "F", "C", ())
-        try:
-            self._periodic = True
-            return Meter.make_record(self, "T", "C", (("XS", state["session"]),))
-        except JournalError as exc:  # the session's log is full: end it (room is kept for E)
-            print("session:", exc)
-            state["_asked"] = True
-            return False
-        finally:
-            self._periodic = False
+        async with self.record_lock:
+            if self.boot_end:
+                return False  # the interrupted session's TX P comes first (its T<n> contiguous)
+            state = self._recording
+            if state is None:
+                return await self.make_record_in_slices("F", "C", ())
+            try:
+                self._periodic = True
+                return await self.make_record_in_slices("T", "C", (("XS", state["session"]),))
+            except JournalError as exc:  # the session's log is full: end it (room kept for E)
+                print("session:", exc)
+                state["_asked"] = True
+                return False
+            finally:
+                self._periodic = False
 
     def keep_record(self, counter, record):
         if self._recording is not None:
             self.journal.append_record(self._recording["session"], counter, record,
                                        1 if self._periodic else 0)
 
-    def _session_record(self, state, tx):
+    async def _session_record(self, state, tx):
         """One T record of a session (TX B/C/E/A/P), journaled before it reaches the outbox."""
-        self._recording = state
-        record = False
-        try:
-            record = Meter.make_record(self, "T", tx, (("XS", state["session"]),))
-        finally:
-            if tx in "EAP" and record:
-                self._recording = None
-            elif tx == "B" and not record:
-                self._recording = None
-        return record
+        async with self.record_lock:
+            self._recording = state
+            record = False
+            try:
+                record = await self.make_record_in_slices("T", tx, (("XS", state["session"]),))
+            finally:
+                if tx in "EAP" and record:
+                    self._recording = None
+                elif tx == "B" and not record:
+                    self._recording = None
+            return record
 
     # --- the session task --------------------------------------------------------------------
 
     async def session_task(self):
-        import asyncio
-
         while True:
             self._mark("session", _TICK_MS)
             try:
-                self.step()
+                await self.step()
             except (OSError, JournalError, evproto.ProtocolError) as exc:
                 self.ev_errors["ev_session"] += 1  # flash trouble: retried on the next tick
                 print("session: step failed:", exc)
             await asyncio.sleep_ms(_TICK_MS)
 
-    def step(self):
+    async def step(self):
         """One tick: end interrupted sessions, service replies, vehicle frames, the phase."""
         if self.boot_end:
             if not self.source.ready:
                 return  # the TX P record carries the register as the meter reads it now
-            self._end_interrupted(self.boot_end[0])
+            await self._end_interrupted(self.boot_end[0])
             self.boot_end.pop(0)
-        self._service()
+        await self._service()
         now = time.ticks_ms()
         for fr in self.vehicle.poll():
-            self._on_frame(fr, now)
-        getattr(self, "_in_" + self.phase)(self.evse.state, now)
+            await self._on_frame(fr, now)
+        await getattr(self, "_in_" + self.phase)(self.evse.state, now)
 
-    def _end_interrupted(self, state):
+    async def _end_interrupted(self, state):
         print("session:", state["session"], "ended by a power cut: TX P")
         try:
-            if not self._session_record(state, "P"):
+            if not await self._session_record(state, "P"):
                 raise OSError("cannot store the TX P record yet")
         except JournalError as exc:  # its log cannot take it (a counter skipped at boot):
             self._recording = None  # close it as it is rather than stop recording for good
@@ -194,7 +201,7 @@ class Charger(ServiceSide, Meter):
     def _expired(self, now):
         return self.deadline is not None and time.ticks_diff(now, self.deadline) >= 0
 
-    def _in_idle(self, pilot, now):
+    async def _in_idle(self, pilot, now):
         if self.evse.fault is not None:
             self._to_done("fault %s" % self.evse.fault)  # cleared there, after a while
             return
@@ -209,7 +216,7 @@ class Charger(ServiceSide, Meter):
         if price is None or wallclock.sync_status() != "S" or not self.trust.cert_valid(at):
             return  # no certificate, price or true time yet: the vehicle waits in B
         self.nonce = evproto.new_nonce(os.urandom)
-        self.offer = self.sign("offer", {"station": self.device_id, "nonce": self.nonce,
+        self.offer = await self.sign("offer", {"station": self.device_id, "nonce": self.nonce,
                                          "price": price, "fee": self.trust.fee,
                                          "imax": self.evse.max_a, "at": at})
         self.offer_body = evproto.open_message(self.offer, "offer")
@@ -218,32 +225,32 @@ class Charger(ServiceSide, Meter):
         self.phase = "offered"
         self._wait(now, AUTH_WAIT_MS)
 
-    def sign(self, t, fields):
+    async def sign(self, t, fields):
         """A signed message of type t made with the device key (which never leaves it)."""
         body = dict(fields)
         body["t"] = t
         text = evproto.write_body(body)
-        return evproto.join_signed(text, self.keystore.sign(text))
+        return evproto.join_signed(text, await evproto.sliced(self.keystore.sign_steps(text)))
 
-    def _in_offered(self, pilot, now):
+    async def _in_offered(self, pilot, now):
         if pilot == "A":
             self._to_done(None)
         elif self._expired(now):
             self._reject("expired", "no authorization within %d s" % (AUTH_WAIT_MS // 1000))
 
-    def _in_authorizing(self, pilot, now):
+    async def _in_authorizing(self, pilot, now):
         if pilot == "A":
             self._to_done("unplugged while authorizing")
         elif self._expired(now):
             if self.link.connected:
                 self._reject("expired", "no answer from the service")
             else:
-                self._offline()  # the link broke while we waited: decide here
+                await self._offline()  # the link broke while we waited: decide here
 
-    def _in_charging(self, pilot, now):
+    async def _in_charging(self, pilot, now):
         s = self.session
         if s.get("_stop"):
-            self._stop(s["_stop"], now)  # the stop record could not be stored yet
+            await self._stop(s["_stop"], now)  # the stop record could not be stored yet
             return
         wh = self.import_wh - s["wh0"]
         if pilot == "B":
@@ -256,7 +263,7 @@ class Charger(ServiceSide, Meter):
         why = stop_reason(pilot, self.evse.fault, s.get("_asked"), wh, s["emax"], s["price"],
                           s["fee"], s["hold"], in_b_ms, DONE_IN_B_MS)
         if why is not None:
-            self._stop(why, now)
+            await self._stop(why, now)
         elif time.ticks_diff(now, s.get("_status", 0)) >= STATUS_EVERY_MS or "_status" not in s:
             s["_status"] = now
             total = evproto.cost(max(wh, 0), s["price"], s["fee"], s["hold"])[2]
@@ -273,12 +280,12 @@ class Charger(ServiceSide, Meter):
             print("session: overcurrent:", current_ma, "mA drawn,", offered_a, "A offered")
             self.evse.trip("overcurrent")
 
-    def _in_ending(self, pilot, now):
+    async def _in_ending(self, pilot, now):
         if self._expired(now):
             print("session: no countersignature; closing without it")
             self._to_closing()
 
-    def _in_done(self, pilot, now):
+    async def _in_done(self, pilot, now):
         if self.evse.fault is not None:  # after a fault: try again once its cause has gone
             if self.fault_ms is None:
                 self.fault_ms = now
@@ -306,23 +313,24 @@ class Charger(ServiceSide, Meter):
 
     # --- vehicle frames ----------------------------------------------------------------------
 
-    def _on_frame(self, fr, now):
+    async def _on_frame(self, fr, now):
         kind = fr["k"]
         if kind == "auth" and self.phase == "offered":
-            self._on_auth(fr["auth"], now)
+            await self._on_auth(fr["auth"], now)
         elif kind == "stop" and self.phase == "charging":
             self.session["_asked"] = True
         elif kind == "meter" and self.phase == "ending":
-            self._on_meter(fr["meter"])
+            await self._on_meter(fr["meter"])
         elif kind == "error":
             print("session: vehicle reports", fr["reason"], fr["detail"])
         else:
             self.ev_errors["ev_unexpected"] += 1
 
-    def _on_auth(self, text, now):
+    async def _on_auth(self, text, now):
         try:
             body = evproto.open_message(text, "auth")
-            evproto.verify_signature(text, body["pub"])  # it holds the key it names
+            # it holds the key it names
+            await evproto.sliced(evproto.verify_steps(text, body["pub"]))
             if body["station"] != self.device_id:
                 raise evproto.ProtocolError("wrong-station", "auth for %s" % body["station"])
             if body["nonce"] != self.nonce:
@@ -338,22 +346,22 @@ class Charger(ServiceSide, Meter):
             self.phase = "authorizing"
             self._wait(now, GRANT_WAIT_MS)
         else:
-            self._offline()
+            await self._offline()
 
-    def _offline(self):
+    async def _offline(self):
         offer, auth = self.offer_body, self.auth_body
         hold, reason, detail = self.trust.offline_decision(
             auth, offer["at"], offer["price"], offer["fee"], len(self.pending))
         if reason is not None:
             self._reject(reason, detail)
             return
-        grant = self.sign("grant", {"session": self.nonce, "station": self.device_id,
+        grant = await self.sign("grant", {"session": self.nonce, "station": self.device_id,
                                     "vehicle": auth["vehicle"], "price": offer["price"],
                                     "fee": offer["fee"], "hold": hold, "emax": auth["emax"]})
         print("session: offline grant, hold", hold)
-        self._start(grant, hold, auth["emax"], True)
+        await self._start(grant, hold, auth["emax"], True)
 
-    def _start(self, grant, hold, emax, offline):
+    async def _start(self, grant, hold, emax, offline):
         offer, auth = self.offer_body, self.auth_body
         state = {"session": self.nonce, "state": "charging", "offer": self.offer,
                  "auth": self.auth, "grant": grant, "offline": offline, "hold": hold,
@@ -361,7 +369,7 @@ class Charger(ServiceSide, Meter):
                  "vehicle": auth["vehicle"], "vpub": auth["pub"], "wh0": self.import_wh,
                  "stop": None, "meter": None}
         self.journal.save(state)  # first: a cut from here on ends the session with TX P
-        if not self._session_record(state, "B"):
+        if not await self._session_record(state, "B"):
             self.journal.forget(self.nonce)
             self._reject("malformed", "the charger cannot record a session now")
             return
@@ -372,7 +380,7 @@ class Charger(ServiceSide, Meter):
         self.phase = "charging"
         print("session:", self.nonce, "charging for", auth["vehicle"])
 
-    def _stop(self, tx, now):
+    async def _stop(self, tx, now):
         s = self.session
         self.evse.permit(False)
         if self.evse.fault is None:
@@ -382,7 +390,7 @@ class Charger(ServiceSide, Meter):
         except self.source.faults:
             self.errors["sample"] += 1
         s["_stop"] = tx
-        record = self._session_record(s, tx)
+        record = await self._session_record(s, tx)
         if not record:
             return
         for key in ("_stop", "_b", "_asked", "_status", "_over"):
@@ -396,10 +404,11 @@ class Charger(ServiceSide, Meter):
         self.phase = "ending"
         self._wait(now, METER_WAIT_MS)
 
-    def _on_meter(self, text):
+    async def _on_meter(self, text):
         s = self.session
         try:
-            body = evproto.open_message(text, "meter", s["vpub"])
+            body = evproto.open_message(text, "meter")
+            await evproto.sliced(evproto.verify_steps(text, s["vpub"]))
             if body["session"] != s["session"] or body["station"] != self.device_id or \
                     body["vehicle"] != s["vehicle"]:
                 raise evproto.ProtocolError("wrong-station", "countersignature of another session")
@@ -430,8 +439,6 @@ class Charger(ServiceSide, Meter):
         return out
 
     async def run(self, wdt=None):
-        import asyncio
-
         tasks = [asyncio.create_task(t) for t in (
             self.sample_task(), self.record_task(), self.link_task(), self.supervisor(wdt),
             self.evse.run(), self.session_task())]

@@ -31,7 +31,7 @@ def close_head(state):
 class ServiceSide:
     """Sync, replies and closes; needs the Charger's link, journal, trust and session."""
 
-    def _service(self):
+    async def _service(self):
         link = self.link
         if link.client is not None and link.client is not self.synced_client:
             if link.publish_ev(b'{"t":"sync"}'):  # after every connect
@@ -42,26 +42,32 @@ class ServiceSide:
             msg = link.take_ev()
             if msg is None:
                 break
-            self._on_reply(msg)
+            await self._on_reply(msg)
         self._send_close()
 
-    def _on_reply(self, msg):
+    async def _on_reply(self, msg):
         try:
             obj = json.loads(msg)
             if not isinstance(obj, dict):
                 raise ValueError("not an object")
             t = obj.get("t")
             if t == "sync":
-                if self.trust.apply_sync(obj):
+                if await evproto.sliced(self.trust.apply_sync_steps(obj)):
                     print("session: certificate and allow-list updated")
                 if obj.get("price") is not None:
                     self.trust.set_price(_price(obj["price"]))
                 self.synced = True
             elif t in ("grant", "receipt") or (t == "reject" and obj.get("reject")):
-                body = evproto.open_message(obj.get(t), t, self.trust.key)
+                body = evproto.open_message(obj.get(t), t)
+                if self.trust.key is None:  # nothing to check it with (none before a sync)
+                    raise evproto.ProtocolError("bad-signature", "no community key yet")
+                await evproto.sliced(evproto.verify_steps(obj[t], self.trust.key))
                 if body["station"] != self.device_id:
                     raise evproto.ProtocolError("wrong-station", "%s for %s" % (t, body["station"]))
-                getattr(self, "_on_" + t)(obj[t], body)
+                if t == "grant":
+                    await self._on_grant(obj[t], body)
+                else:
+                    getattr(self, "_on_" + t)(obj[t], body)
             elif t == "reject":  # unsigned: the request named no session the service could read
                 print("session: the service refused a request:", obj.get("reason"),
                       obj.get("detail"))
@@ -75,14 +81,14 @@ class ServiceSide:
             self.ev_errors["ev_reply_bad"] += 1
             print("session: bad reply from the service:", exc)
 
-    def _on_grant(self, text, body):
+    async def _on_grant(self, text, body):
         if self.phase != "authorizing" or body["session"] != self.nonce:
             return  # a repeat, or an answer that came too late
         if body["vehicle"] != self.auth_body["vehicle"] or body["price"] != \
                 self.offer_body["price"] or body["fee"] != self.offer_body["fee"]:
             self._reject("malformed", "the service's grant does not match the request")
             return
-        self._start(text, body["hold"], body["emax"], False)
+        await self._start(text, body["hold"], body["emax"], False)
 
     def _on_reject(self, text, body):
         nonce = body["session"]

@@ -62,7 +62,9 @@ class Trust:
                 self.key = key
             except evproto.ProtocolError:
                 self.problems.append("trust file: bad community key")
-        self._take(data.get("cert"), data.get("allow"))
+        from energo import p256
+
+        p256.finish(self._take_steps(data.get("cert"), data.get("allow")))
         price = data.get("price")
         if not isinstance(price, bool) and isinstance(price, int) and price >= 0:
             self.price = price
@@ -77,6 +79,13 @@ class Trust:
 
     def apply_sync(self, reply):
         """Take a sync answer (a dict); True when something new was saved."""
+        from energo import p256
+
+        return p256.finish(self.apply_sync_steps(reply))
+
+    def apply_sync_steps(self, reply):
+        """apply_sync in slices (a steps-generator returning its result; evproto.sliced):
+        the certificate and the allow-list are verified while the charger's tasks run."""
         key = reply.get("community_key")
         if not isinstance(key, str):
             self.problems.append("sync: no community key")
@@ -91,7 +100,7 @@ class Trust:
             return False
         before = (self.key, self.cert, self.allow)
         self.key = key
-        self._take(reply.get("cert"), reply.get("allow"))
+        yield from self._take_steps(reply.get("cert"), reply.get("allow"))
         if (self.key, self.cert, self.allow) == before:
             return False
         self.save()
@@ -103,12 +112,14 @@ class Trust:
             self.price = price
             self.save()
 
-    def _take(self, cert, allow):
+    def _take_steps(self, cert, allow):
+        """Check and keep a certificate and an allow-list (each verified in slices)."""
         if self.key is None:
             return
         if cert is not None:
             try:
-                body = evproto.open_message(cert, "cert", self.key)
+                body = evproto.open_message(cert, "cert")
+                yield from evproto.verify_steps(cert, self.key)
                 if body["station"] != self.station or body["pub"] != self.spki:
                     raise evproto.ProtocolError("wrong-station", "certificate is for %s"
                                                 % body["station"])
@@ -117,7 +128,8 @@ class Trust:
                 self.problems.append("cert: %s" % exc)
         if allow is not None:
             try:
-                body = evproto.open_message(allow, "allow", self.key)
+                body = evproto.open_message(allow, "allow")
+                yield from evproto.verify_steps(allow, self.key)
                 if self.allow_body is not None and body["seq"] < self.allow_body["seq"]:
                     raise evproto.ProtocolError("expired", "allow-list seq %d older than %d"
                                                 % (body["seq"], self.allow_body["seq"]))
