@@ -43,3 +43,25 @@ def test_handshake_bench_refuses_bad_arguments():
     done = subprocess.run([sys.executable, "-m", "host_tools.cli", "bench", "handshake",
                            "--sessions", "2"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--sessions 3..1000" in done.stderr
+
+
+def test_crypto_timer_times_every_slice_of_a_steps_generator():
+    import types
+
+    from energo import p256
+    from host_tools.bench.handshake import _CryptoTimer
+
+    module = types.SimpleNamespace(sign_steps=p256.sign_steps)
+    timer = _CryptoTimer()
+    timer.wrap_steps(module, "sign_steps", "charger")
+    digest = bytes(range(32))
+    steps = module.sign_steps(bytes([7] * 32), digest)
+    assert p256.finish(steps) == p256.sign_digest(bytes([7] * 32), digest)
+    # one event per slice, the last one included, all on the charger's side
+    yields = sum(1 for _ in p256.sign_steps(bytes([7] * 32), digest))
+    assert len(timer.events) == yields + 1
+    assert {side for side, _, _ in timer.events} == {"charger"}
+    assert timer.within("charger", 0, float("inf")) > 0
+    timer.restore()
+    assert module.sign_steps is p256.sign_steps
+
