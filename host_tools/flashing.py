@@ -268,9 +268,9 @@ def compile_tree(src_dir, out_dir, suffix=".mpy", march="xtensawin"):
     """Compile every .py under src_dir with mpy-cross for the ESP32 into out_dir.
 
     Returns the relative paths written. The source name recorded in each .mpy is its path on
-    the board (lib/...), so board tracebacks name the right file. march=None compiles without
-    an architecture tag: the firmware has no native code, so the bytecode is the same, and
-    MicroPython's WebAssembly port refuses an .mpy tagged for another architecture.
+    the board (lib/...), so board tracebacks name the right file. march=None leaves -march
+    out (the bench's runs on the WebAssembly port): the firmware has no native code, and for
+    bytecode alone mpy-cross writes the same file either way, with no architecture in it.
     """
     exe = _tool("mpy-cross")
     written = []
