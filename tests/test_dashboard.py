@@ -300,6 +300,11 @@ def test_the_progress_line_reads_trades_and_sessions_from_the_database(tmp_path)
         ledger.close()
     run.market = True
     assert run._read_db_counts() == {"trades": "3", "sessions": "0"}
+    # Read at most every 5 s, except for a run's last line, which must be up to date.
+    run.market = False
+    assert run._read_db_counts() == {"trades": "3", "sessions": "0"}
+    assert run._read_db_counts(fresh=True) == {"trades": "-", "sessions": "0"}
+    run.market = True
     assert run._dashboard_link("http://127.0.0.1:8080") == "http://127.0.0.1:8080/", \
         "no admin token yet: the public page"
     (run.out_dir / "admin-token").write_text("t" * 43 + "\n")

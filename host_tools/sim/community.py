@@ -557,8 +557,8 @@ class CommunityRun:
                         (self.ev is None or self.ev.finished):
                     break
                 time.sleep(0.25)
-            progress.show(self._status(min(min(self.fleet.now_s().values()), end_s), day_s),
-                          force=True)
+            progress.show(self._status(min(min(self.fleet.now_s().values()), end_s), day_s,
+                                       fresh=True), force=True)
         except KeyboardInterrupt:
             self.interrupted = True
             self.say("interrupted: stopping the boards for a partial summary")
@@ -580,11 +580,11 @@ class CommunityRun:
                 self.fleet.set_speed(house.plan["index"],
                                      HOLD_SPEED if held else self.options.speed)
 
-    def _status(self, sim_now_s, day_s):
+    def _status(self, sim_now_s, day_s, fresh=False):
         counts = self.service.counts()
         clock = datetime.datetime.fromtimestamp(sim_now_s, datetime.UTC)
         elapsed_h = (sim_now_s - day_s) / 3600
-        shown = self._read_db_counts()
+        shown = self._read_db_counts(fresh)
         return (f"sim {clock:%H:%M} (+{elapsed_h:.1f} h)  settled {counts['settled']}  "
                 f"intervals {counts['intervals_closed']}  trades {shown['trades']}  "
                 f"sessions {shown['sessions']}")
@@ -598,11 +598,12 @@ class CommunityRun:
             return f"{base_url}/"
         return f"{base_url}/#token={token}"
 
-    def _read_db_counts(self):
+    def _read_db_counts(self, fresh=False):
         """Trades and charging sessions so far, read from the ledger database at most every 5 s
-        (a fresh connection; the service owns its own)."""
+        (a fresh connection; the service owns its own); `fresh` for the last line of a run,
+        which must not show counts from up to 5 s before its end."""
         shown, read_at = self._db_counts
-        if time.monotonic() - read_at < 5.0:
+        if not fresh and time.monotonic() - read_at < 5.0:
             return shown
         from host_tools.settlement.ledger import Ledger
 
