@@ -127,7 +127,7 @@ def test_hold_covers_emax_unless_capped(emax, cmax, price, fee):
 
 
 def test_sliced_lets_other_tasks_run_between_the_slices(monkeypatch):
-    """evproto.sliced: the verification's result, with another task running in between."""
+    """p256.sliced: the verification's result, with another task running in between."""
     import asyncio
 
     monkeypatch.setattr(asyncio, "sleep_ms", lambda ms: asyncio.sleep(ms / 1000), raising=False)
@@ -145,7 +145,7 @@ def test_sliced_lets_other_tasks_run_between_the_slices(monkeypatch):
     async def main(key):
         side = asyncio.create_task(other())
         try:
-            return await evproto.sliced(evproto.verify_steps(line, key))
+            return await p256.sliced(evproto.verify_steps(line, key))
         finally:
             side.cancel()
 

@@ -2,6 +2,7 @@
 (Meter.make_record_in_slices): the same record as signing in one go, one pause per slice, and
 the refusals (no reading yet, outbox full) before any counter is used."""
 import hashlib
+import sys
 
 import pytest
 
@@ -89,7 +90,7 @@ def _run(coro):
 @pytest.fixture
 def pauses(monkeypatch):
     fake = Pauses()
-    monkeypatch.setattr(meter_module, "asyncio", fake)
+    monkeypatch.setitem(sys.modules, "asyncio", fake)  # p256.sliced imports it when it runs
     monkeypatch.setattr(meter_module.wallclock, "now_ms", lambda: 1763700000000)
     return fake
 

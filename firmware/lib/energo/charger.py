@@ -12,7 +12,7 @@
 # reads it then, and every session not yet settled is closed again until the service's
 # receipt arrives. The service settles by session exactly once, so repeats are harmless.
 #
-# Every signature and verification is made in slices (evproto.sliced) so that the other tasks
+# Every signature and verification is made in slices (p256.sliced) so that the other tasks
 # run in between and no single loop pass holds a whole one's garbage. Records, periodic and
 # session alike, are made one at a time (record_lock, held from the counter taken to the
 # record stored): a session record may not overtake a periodic one half-signed (counters out of
@@ -23,7 +23,7 @@ import json
 import os
 import time
 
-from energo import evproto, wallclock
+from energo import evproto, p256, wallclock
 from energo.evjournal import Journal, JournalError
 from energo.evlink import VehicleLink
 from energo.evservice import ServiceSide
@@ -68,13 +68,12 @@ class Charger(ServiceSide, Meter):
     role = "charger"
     firmware_name = "energo-charger"
     idle_link_ms = 200  # a vehicle's handshake waits on the service's answers: never idle
-    slice_pause_ms = 1  # and on the records and checks signed in slices (evproto.sliced)
+    slice_pause_ms = 1  # and on the records and checks signed in slices (p256.sliced)
     _recording = None  # the session whose records are being made (keep_record journals them)
     _periodic = False  # the record being made is a periodic C record (it may not fill the log)
 
     def open(self):
         device_id = Meter.open(self)
-        from energo import p256
         from energo.evse import Evse
 
         self.spki = binascii.hexlify(p256.spki_encode(self.keystore.public_key)).decode()
@@ -230,7 +229,7 @@ class Charger(ServiceSide, Meter):
         body = dict(fields)
         body["t"] = t
         text = evproto.write_body(body)
-        return evproto.join_signed(text, await evproto.sliced(self.keystore.sign_steps(text)))
+        return evproto.join_signed(text, await p256.sliced(self.keystore.sign_steps(text)))
 
     async def _in_offered(self, pilot, now):
         if pilot == "A":
@@ -330,7 +329,7 @@ class Charger(ServiceSide, Meter):
         try:
             body = evproto.open_message(text, "auth")
             # it holds the key it names
-            await evproto.sliced(evproto.verify_steps(text, body["pub"]))
+            await p256.sliced(evproto.verify_steps(text, body["pub"]))
             if body["station"] != self.device_id:
                 raise evproto.ProtocolError("wrong-station", "auth for %s" % body["station"])
             if body["nonce"] != self.nonce:
@@ -408,7 +407,7 @@ class Charger(ServiceSide, Meter):
         s = self.session
         try:
             body = evproto.open_message(text, "meter")
-            await evproto.sliced(evproto.verify_steps(text, s["vpub"]))
+            await p256.sliced(evproto.verify_steps(text, s["vpub"]))
             if body["session"] != s["session"] or body["station"] != self.device_id or \
                     body["vehicle"] != s["vehicle"]:
                 raise evproto.ProtocolError("wrong-station", "countersignature of another session")

@@ -384,7 +384,7 @@ def verify_signature(text, key):
 def verify_steps(text, key):
     """verify_signature in slices (p256.verify_steps): a generator that yields between them
     and, at its end, raises ProtocolError('bad-signature') unless the signature holds. Why:
-    a charger verifies while its other tasks run (see sliced())."""
+    a charger verifies while its other tasks run (p256.sliced)."""
     from energo import p256
 
     key = _public_key(key)
@@ -398,21 +398,6 @@ def verify_steps(text, key):
             ok = False
     if not ok:
         raise ProtocolError("bad-signature", "signature does not verify")
-
-
-async def sliced(steps):
-    """Run a steps-generator (p256.sign_steps, verify_steps, ...) to its end, letting the event
-    loop run between its slices; its result. Why: a whole signature or verification in one go
-    holds every other task up (~0.5-1 s on an ESP32) and piles its garbage (hundreds of KB)
-    up where no collection runs. The pause is 1 ms, not 0, so the loop finishes a pass."""
-    import asyncio
-
-    while True:
-        await asyncio.sleep_ms(1)
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
 
 
 _public_key = public_key  # open_message's parameter shadows the function's name

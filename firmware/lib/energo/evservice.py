@@ -7,7 +7,7 @@
 import json
 import time
 
-from energo import evproto
+from energo import evproto, p256
 from energo.link import Stream
 
 try:
@@ -52,7 +52,7 @@ class ServiceSide:
                 raise ValueError("not an object")
             t = obj.get("t")
             if t == "sync":
-                if await evproto.sliced(self.trust.apply_sync_steps(obj)):
+                if await p256.sliced(self.trust.apply_sync_steps(obj)):
                     print("session: certificate and allow-list updated")
                 if obj.get("price") is not None:
                     self.trust.set_price(_price(obj["price"]))
@@ -61,7 +61,7 @@ class ServiceSide:
                 body = evproto.open_message(obj.get(t), t)
                 if self.trust.key is None:  # nothing to check it with (none before a sync)
                     raise evproto.ProtocolError("bad-signature", "no community key yet")
-                await evproto.sliced(evproto.verify_steps(obj[t], self.trust.key))
+                await p256.sliced(evproto.verify_steps(obj[t], self.trust.key))
                 if body["station"] != self.device_id:
                     raise evproto.ProtocolError("wrong-station", "%s for %s" % (t, body["station"]))
                 if t == "grant":

@@ -84,7 +84,7 @@ class Trust:
         return p256.finish(self.apply_sync_steps(reply))
 
     def apply_sync_steps(self, reply):
-        """apply_sync in slices (a steps-generator returning its result; evproto.sliced):
+        """apply_sync in slices (a steps-generator returning its result; p256.sliced):
         the certificate and the allow-list are verified while the charger's tasks run."""
         key = reply.get("community_key")
         if not isinstance(key, str):

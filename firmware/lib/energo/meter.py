@@ -12,7 +12,7 @@ import hashlib
 import time
 
 import energo
-from energo import ocmf, wallclock
+from energo import ocmf, p256, wallclock
 from energo.counter import RecordCounter
 from energo.keystore import Keystore
 from energo.link import Link
@@ -142,14 +142,8 @@ class Meter:
         begun = self._begin_record(pg, tx, tail)
         if not begun:
             return False
-        steps = self.keystore.sign_steps(begun[1])
-        while True:
-            await asyncio.sleep_ms(self.slice_pause_ms)  # the payload's garbage is a slice too
-            try:
-                next(steps)
-            except StopIteration as done:
-                sig = done.value
-                break
+        # p256.sliced pauses before the first slice too: the payload's garbage is one as well
+        sig = await p256.sliced(self.keystore.sign_steps(begun[1]), self.slice_pause_ms)
         return self._end_record(begun[0], begun[1], sig)
 
     def _begin_record(self, pg, tx, tail):

@@ -287,6 +287,20 @@ def finish(steps):
         return done.value
 
 
+async def sliced(steps, pause_ms=1):
+    """Run a stepwise generator to its end from an asyncio task, pausing pause_ms before each
+    slice so the other tasks run; its result. The pause is never 0: MicroPython's WebAssembly
+    port would then run the next slice in the same loop pass, where no garbage is collected."""
+    import asyncio
+
+    while True:
+        await asyncio.sleep_ms(pause_ms)
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
 def _mul_base(k):
     """k*G for 0 < k < N, in one go."""
     return finish(_mul_base_steps(k))
