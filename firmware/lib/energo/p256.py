@@ -36,13 +36,12 @@ GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
 # board reads in place from flash: no heap at all, and a faster signature.
 _COMB_ROWS = const(7)  # the table built on the board
 ROM_COMB_ROWS = 8  # the precomputed table
-_WINDOW_BITS = const(4)  # for k*Q with a variable Q (verification)
 # Work between two yields of the stepwise generators (sign_steps, verify_steps): comb columns
-# for k*G (~4.3 KB of garbage each on MicroPython), windows for k*Q (~10.6 KB each). A slice's
+# for k*G (~4.9 KB of garbage each on MicroPython), bits for k*Q (~2.6 KB each). A slice's
 # garbage bounds what a pass adds to the heap; each slice boundary costs its caller a pause
-# (>= 1 ms: see Meter.make_record_in_slices), which a charger's handshake pays ~130 times.
-STEP_COLUMNS = 3
-STEP_WINDOWS = 2
+# (Meter.slice_pause_ms), which a charger's handshake pays ~200 times.
+STEP_COLUMNS = 2
+STEP_BITS = 4
 
 # DER SubjectPublicKeyInfo prefix for an uncompressed P-256 key (id-ecPublicKey, prime256v1).
 SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
@@ -252,28 +251,55 @@ def _mul_base_steps(k):
     return acc
 
 
+def _wnaf(k):
+    """Width-4 NAF of 0 <= k < 2^256, least significant digit first: a bytearray of digit + 8
+    (digits 0 or odd in -7..7, nonzero ones at least 4 apart). Worked on k's bytes with small
+    ints only: shifting k itself would make two new 256-bit ints per bit."""
+    kb = k.to_bytes(33, "little")
+    out = bytearray(b"\x08" * 257)
+    i = 0
+    carry = 0
+    while i < 257:
+        at = i >> 3
+        nibble = ((kb[at] | (kb[at + 1] << 8 if at < 32 else 0)) >> (i & 7)) & 15
+        x = nibble + carry
+        if x & 1:
+            d = x if x < 8 else x - 16
+            carry = 1 if d < 0 else 0
+            out[i] = d + 8
+            i += 4  # x - d is 0 or 16: the next three digits are 0
+        else:  # x even: bit i equals the carry, which moves on unchanged
+            i += 1
+    return out
+
+
 def _mul_steps(pt, k):
-    """Generator computing k*pt for a variable Jacobian point (fixed 4-bit window); yields
-    every STEP_WINDOWS windows and returns the point."""
-    table = [(1, 1, 0), pt]
-    for i in range(2, 1 << _WINDOW_BITS):
-        table.append(_add(table[i - 1], pt))
-        if i % 4 == 0:
-            yield  # the table's 14 additions are four slices' worth of garbage
+    """Generator computing k*pt (0 <= k < N) for a variable affine point pt = (x, y): width-4
+    NAF over the odd multiples pt, 3pt, 5pt, 7pt made affine (each addition then a mixed one,
+    and the table ~0.4 KB). Yields after the table and every STEP_BITS bits; returns the
+    Jacobian point. For verification only: its timing depends on k, which is public there."""
+    x1, y1 = pt
+    twice = _double((x1, y1, 1))
+    odd = [_add_affine(twice, x1, y1)]  # 3pt
+    odd.append(_add(odd[0], twice))  # 5pt
+    odd.append(_add(odd[1], twice))  # 7pt
+    yield
+    table = [pt] + _batch_to_affine(odd)
+    digits = _wnaf(k)
     yield
     acc = (1, 1, 0)
-    shift = 256 - _WINDOW_BITS
-    mask = (1 << _WINDOW_BITS) - 1
-    windows = 0
-    while shift >= 0:
-        for _ in range(_WINDOW_BITS):
-            acc = _double(acc)
-        digit = (k >> shift) & mask
-        if digit:
-            acc = _add(acc, table[digit])
-        shift -= _WINDOW_BITS
-        windows += 1
-        if windows % STEP_WINDOWS == 0:
+    p = P
+    step = STEP_BITS
+    for i in range(256, -1, -1):
+        acc = _double(acc)
+        d = digits[i] - 8
+        if d > 0:
+            x, y = table[d >> 1]
+            acc = _add_affine(acc, x, y)
+        elif d < 0:
+            x, y = table[(-d) >> 1]
+            acc = _add_affine(acc, x, p - y)
+        if i % step == 0:
             yield
     return acc
 
@@ -534,7 +560,7 @@ def _verify_rs_steps(pub, digest, r, s):
     w = _inverse(s, N)
     u1 = _int(digest) * w % N
     u2 = r * w % N
-    acc = yield from _mul_steps((qx, qy, 1), u2)
+    acc = yield from _mul_steps((qx, qy), u2)
     if u1:
         acc = _add(acc, (yield from _mul_base_steps(u1)))
     affine = _to_affine(acc)
