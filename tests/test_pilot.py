@@ -91,6 +91,22 @@ def test_calibration_round_trips_and_refuses_nonsense():
             pilot.Calibration(*args)
 
 
+@pytest.mark.parametrize("args", [(1250, 12), (0, 1), (3300, 100, 4000), (1000, 12.5, 500)])
+def test_calibration_is_within_2_mv_of_the_exact_conversion(args):
+    cal = pilot.Calibration(*args)
+    for code in range(4096):
+        pin_v = code * cal.full_uv / 4095 / 1e6
+        exact_mv = (pin_v - cal.bias_uv / 1e6) * cal.ratio_milli
+        assert abs(cal.mv(code) - exact_mv) < 2, code
+
+
+def test_the_usual_divider_converts_with_small_ints_only():
+    """Every product in mv() fits MicroPython's small int on a 32-bit board (below 2**30):
+    a poll's 30 conversions every 20 ms then allocate nothing."""
+    cal = pilot.Calibration(1250, 12)
+    assert 4095 * cal._slope < 2 ** 30 and cal._offset < 2 ** 30
+
+
 class _Line:
     """A pilot line on a stub board whose vehicle state is set directly."""
 

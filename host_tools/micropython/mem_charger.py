@@ -158,7 +158,11 @@ def hardware(machine):
 
         def __init__(self, pin, atten=3):
             self.other = None if pin.pin == 35 else machine_adc(pin, atten)
-            self.cal = pilot.Calibration(1250, 12)
+            cal = pilot.Calibration(1250, 12)
+            # Each level's code worked out once: the stand-in's own arithmetic (big ints)
+            # would otherwise be garbage in the charger's passes.
+            self.codes = {state: cal.code(mv) for state, mv in pilot.LEVEL_MV.items()}
+            self.low = cal.code(-12000)
             self.n = 0
 
         def read(self):
@@ -167,7 +171,7 @@ def hardware(machine):
             self.n = (self.n + 1) % 30
             duty = pwm[0].duty if pwm else 65535
             high = self.n * 65535 < duty * 30
-            return self.cal.code(pilot.LEVEL_MV[vehicle.state] if high else -12000)
+            return self.codes[vehicle.state] if high else self.low
 
     vehicle = Vehicle()
     pwm = []
