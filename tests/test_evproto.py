@@ -153,3 +153,25 @@ def test_sliced_lets_other_tasks_run_between_the_slices(monkeypatch):
     assert len(ticks) > 10
     with pytest.raises(ProtocolError, match="bad-signature"):
         asyncio.run(main(p256.public_key(bytes([0x33] * 32))))
+
+
+def test_the_longest_frames_a_vehicle_sends_fit_the_chargers_line_buffer():
+    """energo.evlink.LINE_MAX (the charger's receive buffer) holds any auth, meter or error
+    frame a vehicle may send, with every field at its largest allowed value."""
+    from energo import evlink
+
+    priv = bytes([0x7F] * 32)
+    pub = evproto.spki_hex(p256.public_key(priv))
+    vehicle = evproto.key_id(pub, "vehicle")
+    auth = evproto.sign_message(priv, {"t": "auth", "vehicle": vehicle, "pub": pub,
+                                       "station": "c-" + "f" * 12, "nonce": "f" * 32,
+                                       "emax": 10 ** 10, "cmax": 10 ** 15, "exp": (1 << 40) - 1})
+    meter = evproto.sign_message(priv, {"t": "meter", "session": "f" * 32, "vehicle": vehicle,
+                                        "station": "c-" + "f" * 12, "record": "f" * 64,
+                                        "wh": 10 ** 10})
+    frames = [evproto.frame("auth", auth=auth), evproto.frame("meter", meter=meter),
+              evproto.frame("error", reason="malformed",
+                            detail="\u00e9\"" * (evproto.DETAIL_MAX // 2))]
+    longest = max(len(f) for f in frames)
+    assert 600 < longest <= evlink.LINE_MAX // 2, longest  # room for fields added later
+    assert evlink.VehicleLink(None).line_max == evlink.LINE_MAX

@@ -1,9 +1,9 @@
 # The vehicle link: one JSON frame per line over the board's `vehicle_link` UART (the stand-in
 # for the power-line modem), framed and checked by energo.evproto.
 #
-# Why a reader of its own rather than UART.readline(): a line may be up to 6144 bytes and
-# arrives in pieces; a vehicle that sends garbage or a line that never ends must not make the
-# charger allocate without bound or stop. Bytes go into one pre-sized buffer; a line that
+# Why a reader of its own rather than UART.readline(): a line arrives in pieces, and a vehicle
+# that sends garbage or a line that never ends must not make the charger allocate without
+# bound or stop. Bytes go into one pre-sized buffer; a line that
 # outgrows it is dropped up to its newline and answered with one `error` frame, and so is a
 # line that is not a valid frame. Nothing a vehicle sends raises out of poll().
 try:
@@ -15,13 +15,18 @@ except ImportError:  # CPython: const() is only a marker for the MicroPython com
 from energo import evproto
 
 _READ_BYTES = const(512)
+# The longest line a charger takes from a vehicle. A vehicle sends auth, meter, stop and error
+# frames: an auth, the longest, is ~700 bytes (its key, the nonce, the limits, a signature).
+# evproto.LINE_MAX (6144) bounds the frames a charger sends (an offer carries the
+# certificate, a receipt two records); a buffer that size would keep 4 KB more of the heap.
+LINE_MAX = const(2048)
 FRAMES_MAX = const(4)  # frames handed over per poll; the rest wait in the buffer
 
 
 class VehicleLink:
     """Reads frames from, and writes frames to, a UART-like object (any(), read(), write())."""
 
-    def __init__(self, uart, line_max=evproto.LINE_MAX):
+    def __init__(self, uart, line_max=LINE_MAX):
         self.uart = uart
         self.line_max = line_max
         self._buf = bytearray(line_max + 1)  # the newline may follow a maximal line
