@@ -17,6 +17,7 @@ battery is the ground truth it compares the charger's meter with.
   it and so must `energo verify` on the file it keeps;
 - `other-station`: an authorization bound to another station;
 - `expired-auth`: an authorization that expired before the offer was made;
+- `forged-auth`: an authorization naming this vehicle's key but signed with another one;
 - `ignore-limit`: draws `excess_a` more than the pilot offers once charging;
 - `garbage`, `oversized`: a line that is not a frame / longer than the link allows, instead
   of the authorization.
@@ -36,7 +37,7 @@ from sim_board.vehicle_link import LinkPeer, ev_control
 from sim_board.world_models import pilot_current_a
 
 MISBEHAVIOURS = ("replay-auth", "tamper-offer", "tamper-receipt", "other-station",
-                 "expired-auth", "ignore-limit", "garbage", "oversized")
+                 "expired-auth", "forged-auth", "ignore-limit", "garbage", "oversized")
 _FROM_CHARGER = ("offer", "grant", "reject", "status", "final", "receipt", "error")
 _POLL_S = 0.002  # real seconds between looks at the pilot while no frame arrives
 
@@ -346,6 +347,8 @@ class Vehicle:
         elif m == "replay-auth":  # none of our own yet: one recorded from another session
             text = evproto.sign_message(self.priv, dict(body, nonce=evproto.new_nonce(
                 self._urandom)))
+        elif m == "forged-auth":  # our key in the body, someone else's signature
+            text = evproto.sign_message(p256.generate_private_key(self._urandom), body)
         else:
             text = evproto.sign_message(self.priv, body)
         s["sign_s"] += time.perf_counter() - t0

@@ -246,6 +246,19 @@ def test_offline_session_settles_once_when_the_link_returns(tmp_path, broker):
         assert board.run_until(lambda: "connect failed" in board.text().rsplit(
             "allow-list updated", 1)[-1], WAIT_S), board.text()[-2000:]
         board.attach(car).start()
+        # First a forged authorization (its key, another's signature): offline, the charger
+        # checks the signature itself and refuses it.
+        car.misbehave = "forged-auth"
+        car.plug()
+        assert board.run_until(lambda: car.session and car.session["rejected"], WAIT_S), \
+            _why(board, car)
+        assert car.session["rejected"] == "bad-signature"
+        assert "session: rejected: bad-signature" in board.text()
+        assert "offline grant" not in board.text()
+        car.unplug()
+        t = board.now_s()
+        board.run_until(lambda: board.now_s() > t + 2, 10)  # the charger sees pilot A
+        car.misbehave = None
         car.plug()
         assert board.run_until(lambda: car.session and car.session["state"] == "final",
                                WAIT_S), _why(board, car)

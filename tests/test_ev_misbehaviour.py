@@ -98,6 +98,7 @@ def _leave(station, car):
 @pytest.mark.parametrize(("misbehave", "reason"), [
     ("other-station", "wrong-station"),
     ("expired-auth", "expired"),
+    ("forged-auth", "bad-signature"),  # online: the service refuses it, and signs that
 ])
 def test_bad_authorization_is_rejected_and_nothing_moves(station, misbehave, reason):
     community, board, _ = station

@@ -254,6 +254,17 @@ def test_scripted_bad_authorizations_are_validly_signed_but_wrong(rig, misbehave
     assert check(auth, charger)
 
 
+def test_forged_authorization_names_our_key_but_does_not_verify_with_it(rig):
+    make, charger, site, clock = rig
+    vehicle = make(misbehave="forged-auth")
+    frame = _through_auth(vehicle, charger, clock)
+    auth = evproto.open_message(frame["auth"], "auth")  # well formed, station and nonce right
+    assert auth["pub"] == vehicle.pub_hex and auth["nonce"] == charger.nonce
+    with pytest.raises(evproto.ProtocolError) as err:
+        evproto.open_message(frame["auth"], "auth", vehicle.pub_hex)
+    assert err.value.reason == "bad-signature"
+
+
 def test_replay_sends_the_previous_sessions_authorization(rig):
     make, charger, site, clock = rig
     honest = make()
