@@ -36,8 +36,9 @@ def _at(block, start, address):
     return modbus.float32_milli(block, 2 * (address - start))
 
 
-def poll(master, slave=1, model="sdm630"):
-    """A Reading from the meter at `slave`; ModbusError after the master's retries.
+def poll_steps(master, slave=1, model="sdm630"):
+    """A Reading from the meter at `slave` (a steps-generator, RtuMaster.read_steps: it yields
+    its waits in microseconds); ModbusError after the master's retries.
 
     An SDM630 answers the two block reads; an SDM120 has only the single-phase registers and
     refuses a block that spans the three-phase ones, so it is read register by register.
@@ -46,11 +47,12 @@ def poll(master, slave=1, model="sdm630"):
     if model == "sdm120":
         values = {}
         for address in _SDM120_READS:
-            values[address] = modbus.float32_milli(master.read_registers(slave, address, 2))
+            values[address] = modbus.float32_milli(
+                (yield from master.read_steps(slave, address, 2)))
         get = values.__getitem__
     else:
-        a = master.read_registers(slave, _BLOCK_A[0], _BLOCK_A[1])
-        b = master.read_registers(slave, _BLOCK_B[0], _BLOCK_B[1])
+        a = yield from master.read_steps(slave, _BLOCK_A[0], _BLOCK_A[1])
+        b = yield from master.read_steps(slave, _BLOCK_B[0], _BLOCK_B[1])
 
         def get(address):
             if address < _BLOCK_B[0]:

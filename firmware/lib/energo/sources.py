@@ -2,11 +2,10 @@
 # external Eastron SDM meter over RS485, which is then the energy authority.
 # Both give the same thing to the role: monotonic import/export registers in
 # Wh and instantaneous values as integers. The Modbus modules are imported only
-# by a board that has the bus: on an ADC meter they would be ~7 KB of code in RAM.
+# by a board that has the bus (on an ADC meter they would be ~7 KB of code in RAM), and
+# energo.metering only by one that samples its own ADC (~6 KB on an SDM charger).
 import time
 from array import array
-
-from energo import metering
 
 # ESP32 ADC full-scale input in mV per attenuation (Espressif, nominal 1100 mV reference).
 _FULL_SCALE_MV = (1100, 1500, 2200, 3300)
@@ -62,6 +61,8 @@ class AdcSource:
         multiplies the nominal volts or amps per count (it absorbs this chip's ADC reference
         and the transformer's ratio error) and phase_cal_us adds to the voltage shift.
         """
+        from energo import metering
+
         volt, current = AdcSource.channels(adc_cfg)
         number = AdcSource._cal_number
         where = "adc.channels[%d]"
@@ -100,6 +101,12 @@ class AdcSource:
 
     def set_registers(self, import_wh, export_wh):
         self.metering.set_registers(import_wh, export_wh)
+
+    def sample_steps(self):
+        """sample() as a steps-generator that never yields: a window is sampled without a
+        break (its timing is the measurement)."""
+        return self.sample()
+        yield  # never reached: makes this a generator
 
     def sample(self):
         """Sample one window and update the registers; returns (import_wh, export_wh)."""
@@ -155,15 +162,25 @@ class ModbusSource:
         self.authority = True
         self.ready = False  # True after the first good poll: no record may carry a guess
         self.faults = (OSError, modbus.ModbusError)
-        self._poll = sdm.poll
+        self._poll_steps = sdm.poll_steps
+        self._polling = False  # a poll is on the bus (sample_steps)
 
     def set_registers(self, import_wh, export_wh):
         self.import_wh = import_wh
         self.export_wh = export_wh
 
-    def sample(self):
-        """Poll the meter; ModbusError when it does not answer properly."""
-        r = self._poll(self.master, self.slave, self.model)
+    def sample_steps(self):
+        """Poll the meter (ModbusError when it does not answer properly) as a steps-generator
+        yielding the microseconds the bus keeps it waiting: the role's tasks run it with
+        wait_steps, the event loop running meanwhile. One poll at a time on the bus: a second
+        caller (a charger's stop record) waits for the first to finish."""
+        while self._polling:
+            yield self.master.char_us
+        self._polling = True
+        try:
+            r = yield from self._poll_steps(self.master, self.slave, self.model)
+        finally:
+            self._polling = False
         inst = self.instant
         inst.voltage_mv = r.voltage_mv
         inst.current_ma = r.current_ma
@@ -179,6 +196,22 @@ class ModbusSource:
             self.export_wh = r.export_wh
             self.ready = True
         return self.import_wh, self.export_wh
+
+
+async def wait_steps(steps):
+    """Run a steps-generator (sample_steps) from an asyncio task, the event loop running
+    while it waits: each yielded wait in microseconds, rounded up to whole milliseconds (at
+    least 1, so other tasks do run); its result. A task cancelled meanwhile closes the steps,
+    so their cleanup runs (MicroPython does not finalize a dropped generator)."""
+    import asyncio
+
+    try:
+        while True:
+            await asyncio.sleep_ms((next(steps) + 999) // 1000)
+    except StopIteration as done:
+        return done.value
+    finally:
+        steps.close()
 
 
 def make_source(board, machine, clock=time):
