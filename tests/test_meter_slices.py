@@ -1,6 +1,7 @@
 """A meter's periodic record is signed in slices with the event loop run in between
 (Meter.make_record_in_slices): the same record as signing in one go, one pause per slice, and
 the refusals (no reading yet, outbox full) before any counter is used."""
+import asyncio
 import hashlib
 import sys
 
@@ -76,6 +77,7 @@ def _meter(full=False, ready=True):
     m.import_wh, m.export_wh = 123456, 789
     m.prev_sig_hash = None
     m.errors = {"outbox_full": 0, "no_reading": 0}
+    m.crypto_lock = asyncio.Lock()
     return m
 
 
@@ -130,3 +132,23 @@ def test_refusals_use_no_counter_and_sign_nothing(pauses, full, ready, error):
     assert _run(m.make_record_in_slices()) is False
     assert m.errors[error] == 1
     assert m.counter.committed == [] and m.outbox.records == [] and pauses.calls == []
+
+
+def test_two_stepwise_computations_take_turns(monkeypatch):
+    """Meter.crypto: a second signature waits for the first to finish; their slices never
+    alternate (alternating, two slices could fall due in one loop pass)."""
+    monkeypatch.setattr(asyncio, "sleep_ms", lambda ms: asyncio.sleep(ms / 1000), raising=False)
+    m = _meter()
+    trace = []
+
+    def steps(name):
+        for _ in range(5):
+            trace.append(name)
+            yield
+        return name
+
+    async def main():
+        return await asyncio.gather(m.crypto(steps("a")), m.crypto(steps("b")))
+
+    assert asyncio.run(main()) == ["a", "b"]
+    assert trace == ["a"] * 5 + ["b"] * 5

@@ -18,7 +18,7 @@ from energo.keystore import Keystore
 from energo.link import Link
 from energo.outbox import Outbox, OutboxFull, capacity_for_filesystem
 from energo.register import EnergyRegister
-from energo.sources import make_source
+from energo.sources import make_source, wait_steps
 
 FIRMWARE_NAME = "energo-meter"
 FIRMWARE_VERSION = "0.1.0"
@@ -41,7 +41,7 @@ class Meter:
     # The pause between two slices of a record's signature (make_record_in_slices): nothing
     # waits on a meter's record, so the pause is long enough for every other task to run and
     # the event loop to finish its pass (MicroPython's WebAssembly port collects garbage only
-    # between passes; an ADC window can take a few ms). A charger, whose vehicle waits, uses 1.
+    # between passes; an ADC window can take a few ms). A charger, whose vehicle waits, uses 2.
     slice_pause_ms = 10
 
     def __init__(self, board, settings, machine, root="/data", reset_cause=None):
@@ -54,6 +54,7 @@ class Meter:
         self.errors = {"sample": 0, "outbox_full": 0, "ack_ahead": 0, "no_reading": 0}
         self.prev_sig_hash = None
         self._ntp_tried = None
+        self.crypto_lock = asyncio.Lock()  # one stepwise signature or check at a time (crypto)
 
     def open(self):
         """Open key, register, outbox and counter; returns the device id."""
@@ -114,8 +115,8 @@ class Meter:
     async def sample_task(self):
         while True:
             self._mark("sample", self.settings["sample_interval_ms"])
-            try:
-                imp, exp = self.source.sample()
+            try:  # a Modbus poll waits on the bus with the event loop running
+                imp, exp = await wait_steps(self.source.sample_steps())
                 self.import_wh, self.export_wh = imp, exp
                 self.register.maybe_save(imp, exp, time.ticks_ms(), self.counter.last())
             except self.source.faults:  # a bus fault must not stop metering: count, go on
@@ -135,7 +136,7 @@ class Meter:
         """make_record, with the signature made in slices (p256.sign_steps) and the event
         loop run between them. Why: a signature is ~0.5 s of pure Python on an ESP32, which
         would hold every other task up for that long, and all its garbage (~150 KB) would
-        pile up where nothing else runs; a slice makes ~13 KB. The pause (slice_pause_ms) is
+        pile up where nothing else runs; a slice makes ~10 KB. The pause (slice_pause_ms) is
         never 0, so the loop finishes a pass between slices even with nothing else ready.
         Only one record is made at a time: record_task is the only caller in the meter role
         (a charger holds its record_lock around every call)."""
@@ -143,8 +144,15 @@ class Meter:
         if not begun:
             return False
         # p256.sliced pauses before the first slice too: the payload's garbage is one as well
-        sig = await p256.sliced(self.keystore.sign_steps(begun[1]), self.slice_pause_ms)
+        sig = await self.crypto(self.keystore.sign_steps(begun[1]))
         return self._end_record(begun[0], begun[1], sig)
+
+    async def crypto(self, steps):
+        """Run a stepwise signature or verification (p256.sliced, slice_pause_ms between the
+        slices) once no other one runs. Two at once finish no sooner, and their slices would
+        fall due together now and then: one loop pass would then hold both slices' garbage."""
+        async with self.crypto_lock:
+            return await p256.sliced(steps, self.slice_pause_ms)
 
     def _begin_record(self, pg, tx, tail):
         """(counter, payload bytes) of the next record, or False (see make_record)."""
