@@ -12,11 +12,11 @@
 # reads it then, and every session not yet settled is closed again until the service's
 # receipt arrives. The service settles by session exactly once, so repeats are harmless.
 #
-# Every signature and verification is made in slices (p256.sliced) so that the other tasks
-# run in between and no single loop pass holds a whole one's garbage. Records, periodic and
-# session alike, are made one at a time (record_lock, held from the counter taken to the
-# record stored): a session record may not overtake a periodic one half-signed (counters out of
-# order, the XC chain forked). The Evse's task never waits on any of this.
+# Every signature and verification is made in slices (Meter.crypto: p256.sliced, one at a
+# time) so that the other tasks run in between and a loop pass holds little garbage. Records,
+# periodic and session alike, are made one at a time (record_lock, held from the counter taken
+# to the record stored): a session record may not overtake a periodic one half-signed
+# (counters out of order, the XC chain forked). The Evse's task never waits on any of this.
 import asyncio
 import binascii
 import json
@@ -29,6 +29,7 @@ from energo.evlink import VehicleLink
 from energo.evservice import ServiceSide
 from energo.evtrust import Trust
 from energo.meter import Meter
+from energo.sources import wait_steps
 
 try:
     from micropython import const
@@ -37,6 +38,11 @@ except ImportError:  # CPython: const() is only a marker for the MicroPython com
         return value
 
 _TICK_MS = const(100)
+# While a vehicle waits on the handshake (our offer out, its auth or the service's answer due)
+# the session task ticks this often, and an idle one wakes this soon after the pilot changes:
+# the plug-to-contactor time is otherwise mostly ticks spent waiting.
+_FAST_TICK_MS = const(20)
+_HANDSHAKE = ("offered", "authorizing")
 AUTH_WAIT_MS = const(30000)  # the vehicle's auth after our offer
 GRANT_WAIT_MS = const(20000)  # the service's grant or reject after we forwarded the auth
 METER_WAIT_MS = const(20000)  # the vehicle's countersignature after the final record
@@ -68,7 +74,7 @@ class Charger(ServiceSide, Meter):
     role = "charger"
     firmware_name = "energo-charger"
     idle_link_ms = 200  # a vehicle's handshake waits on the service's answers: never idle
-    slice_pause_ms = 1  # and on the records and checks signed in slices (p256.sliced)
+    slice_pause_ms = 2  # and on the records and checks made in slices (Meter.crypto)
     _recording = None  # the session whose records are being made (keep_record journals them)
     _periodic = False  # the record being made is a periodic C record (it may not fill the log)
 
@@ -92,6 +98,7 @@ class Charger(ServiceSide, Meter):
         self.deadline = None
         self.fault_ms = None
         self.offer = self.nonce = self.auth = self.auth_body = None
+        self.auth_checked = False  # the vehicle's signature on self.auth, checked here
         self.pending = {}  # nonce -> state of sessions waiting to be settled
         self.boot_end = []  # sessions a power cut interrupted: each gets a TX P record first
         self.sent_ms = {}  # nonce -> ticks of the last close sent
@@ -166,7 +173,18 @@ class Charger(ServiceSide, Meter):
             except (OSError, JournalError, evproto.ProtocolError) as exc:
                 self.ev_errors["ev_session"] += 1  # flash trouble: retried on the next tick
                 print("session: step failed:", exc)
-            await asyncio.sleep_ms(_TICK_MS)
+            await self._nap()
+
+    async def _nap(self):
+        """Wait for the next tick: _FAST_TICK_MS during a handshake, else up to _TICK_MS,
+        cut short when the Evse sees another pilot state (a plug-in gets its offer at once)."""
+        pilot = self.evse.state
+        waited = 0
+        while waited < _TICK_MS:
+            await asyncio.sleep_ms(_FAST_TICK_MS)
+            waited += _FAST_TICK_MS
+            if self.phase in _HANDSHAKE or self.evse.state != pilot:
+                return
 
     async def step(self):
         """One tick: end interrupted sessions, service replies, vehicle frames, the phase."""
@@ -175,6 +193,8 @@ class Charger(ServiceSide, Meter):
                 return  # the TX P record carries the register as the meter reads it now
             await self._end_interrupted(self.boot_end[0])
             self.boot_end.pop(0)
+        if self.phase == "authorizing":
+            self.link.poll()  # the service's answer, now rather than at the link's next tick
         await self._service()
         now = time.ticks_ms()
         for fr in self.vehicle.poll():
@@ -229,7 +249,7 @@ class Charger(ServiceSide, Meter):
         body = dict(fields)
         body["t"] = t
         text = evproto.write_body(body)
-        return evproto.join_signed(text, await p256.sliced(self.keystore.sign_steps(text)))
+        return evproto.join_signed(text, await self.crypto(self.keystore.sign_steps(text)))
 
     async def _in_offered(self, pilot, now):
         if pilot == "A":
@@ -328,8 +348,6 @@ class Charger(ServiceSide, Meter):
     async def _on_auth(self, text, now):
         try:
             body = evproto.open_message(text, "auth")
-            # it holds the key it names
-            await p256.sliced(evproto.verify_steps(text, body["pub"]))
             if body["station"] != self.device_id:
                 raise evproto.ProtocolError("wrong-station", "auth for %s" % body["station"])
             if body["nonce"] != self.nonce:
@@ -339,7 +357,11 @@ class Charger(ServiceSide, Meter):
         except evproto.ProtocolError as exc:
             self._reject(exc.reason, exc.detail)
             return
-        self.auth, self.auth_body = text, body
+        self.auth, self.auth_body, self.auth_checked = text, body, False
+        # Online the service decides: it checks the signature against the vehicle's account
+        # and answers with a grant or a reject that it signs, and that signature is the one we
+        # check. Ours (~90 slices, a third of the way to the contactor) is made only when we
+        # decide ourselves (_offline).
         if self.link.connected and self.link.publish_ev(
                 json.dumps({"t": "authorize", "offer": self.offer, "auth": text})):
             self.phase = "authorizing"
@@ -349,6 +371,13 @@ class Charger(ServiceSide, Meter):
 
     async def _offline(self):
         offer, auth = self.offer_body, self.auth_body
+        if not self.auth_checked:
+            try:  # it holds the key it names
+                await self.crypto(evproto.verify_steps(self.auth, auth["pub"]))
+            except evproto.ProtocolError as exc:
+                self._reject(exc.reason, exc.detail)
+                return
+            self.auth_checked = True
         hold, reason, detail = self.trust.offline_decision(
             auth, offer["at"], offer["price"], offer["fee"], len(self.pending))
         if reason is not None:
@@ -385,7 +414,7 @@ class Charger(ServiceSide, Meter):
         if self.evse.fault is None:
             self.evse.offer(0)
         try:  # the stop record carries the register as it is now, not one poll ago
-            self.import_wh, self.export_wh = self.source.sample()
+            self.import_wh, self.export_wh = await wait_steps(self.source.sample_steps())
         except self.source.faults:
             self.errors["sample"] += 1
         s["_stop"] = tx
@@ -407,7 +436,7 @@ class Charger(ServiceSide, Meter):
         s = self.session
         try:
             body = evproto.open_message(text, "meter")
-            await p256.sliced(evproto.verify_steps(text, s["vpub"]))
+            await self.crypto(evproto.verify_steps(text, s["vpub"]))
             if body["session"] != s["session"] or body["station"] != self.device_id or \
                     body["vehicle"] != s["vehicle"]:
                 raise evproto.ProtocolError("wrong-station", "countersignature of another session")

@@ -159,11 +159,18 @@ class Evse:
             self.contactor = True
         return self.state
 
+    def busy(self):
+        """Whether the next poll is due in POLL_MS rather than IDLE_POLL_MS: the contactor is
+        closed, the vehicle may ask for power any moment (permit given), or a new pilot state
+        waits for its confirming polls (a plug-in or a vehicle asking is then seen in ~20 ms,
+        not ~100)."""
+        return self.contactor or self.permitted or self._filter.settling()
+
     async def run(self):
-        """Poll for ever (one task of the charger's event loop): every POLL_MS while the
-        contactor is closed, every IDLE_POLL_MS while it is open."""
+        """Poll for ever (one task of the charger's event loop): every POLL_MS while busy(),
+        every IDLE_POLL_MS otherwise."""
         import asyncio
 
         while True:
             self.poll()
-            await asyncio.sleep_ms(POLL_MS if self.contactor else IDLE_POLL_MS)
+            await asyncio.sleep_ms(POLL_MS if self.busy() else IDLE_POLL_MS)

@@ -7,7 +7,7 @@
 import json
 import time
 
-from energo import evproto, p256
+from energo import evproto
 from energo.link import Stream
 
 try:
@@ -52,7 +52,7 @@ class ServiceSide:
                 raise ValueError("not an object")
             t = obj.get("t")
             if t == "sync":
-                if await p256.sliced(self.trust.apply_sync_steps(obj)):
+                if await self.crypto(self.trust.apply_sync_steps(obj)):
                     print("session: certificate and allow-list updated")
                 if obj.get("price") is not None:
                     self.trust.set_price(_price(obj["price"]))
@@ -61,13 +61,10 @@ class ServiceSide:
                 body = evproto.open_message(obj.get(t), t)
                 if self.trust.key is None:  # nothing to check it with (none before a sync)
                     raise evproto.ProtocolError("bad-signature", "no community key yet")
-                await p256.sliced(evproto.verify_steps(obj[t], self.trust.key))
+                await self.crypto(evproto.verify_steps(obj[t], self.trust.key))
                 if body["station"] != self.device_id:
                     raise evproto.ProtocolError("wrong-station", "%s for %s" % (t, body["station"]))
-                if t == "grant":
-                    await self._on_grant(obj[t], body)
-                else:
-                    getattr(self, "_on_" + t)(obj[t], body)
+                await getattr(self, "_on_" + t)(obj[t], body)
             elif t == "reject":  # unsigned: the request named no session the service could read
                 print("session: the service refused a request:", obj.get("reason"),
                       obj.get("detail"))
@@ -90,7 +87,7 @@ class ServiceSide:
             return
         await self._start(text, body["hold"], body["emax"], False)
 
-    def _on_reject(self, text, body):
+    async def _on_reject(self, text, body):
         nonce = body["session"]
         if self.phase == "authorizing" and nonce == self.nonce:
             self._reject(body["reason"], body["detail"], text)
@@ -99,7 +96,7 @@ class ServiceSide:
             print("session:", nonce, "close refused:", body["reason"], body["detail"])
             self.sent_ms[nonce] = time.ticks_add(time.ticks_ms(), CLOSE_REFUSED_MS)
 
-    def _on_receipt(self, text, body):
+    async def _on_receipt(self, text, body):
         nonce = body["session"]
         state = self.pending.pop(nonce, None)
         if state is None:
