@@ -255,7 +255,7 @@ def test_bad_input_is_counted_never_fatal(tmp_path, broker):
         segment.write_bytes(segment.read_bytes() + _torn_frame(tmp_path / "scratch",
                                                                max(sub.counters(device)) + 1))
         meter2 = MeterBoard(flash, board_file("esp32-meter-sdm630"), HOUSE, 600, meters=SDM630,
-                            start_epoch_s=off_at + 60)
+                            start_epoch_s=off_at + 60, world_start_s=meter.world_start_s)
         meter = meter2
         meter2.start()
         assert meter2.device_id == device, "the identity survives"

@@ -42,9 +42,15 @@ class MeterBoard:
     """A started emulated meter whose console is captured; `device_id`/`spki_hex` once booted."""
 
     def __init__(self, flash_dir, board_cfg, site_scenario, speed, seed=1, faults=(),
-                 meters=None, world_seed=7, start_epoch_s=None):
+                 meters=None, world_seed=7, start_epoch_s=None, world_start_s=None):
+        """`world_start_s` pins the world's epoch (default: the UTC midnight before the board
+        powers on). A board powered on again must name its first life's `world_start_s`: its
+        meter's registers count from there, and the midnight before the second power-on may
+        be a later one, whose meter would read less than the board saved (never accepted)."""
         self.output = bytearray()
         self.lock = threading.Lock()
+        if world_start_s is not None:
+            site_scenario = dict(site_scenario, start_s=world_start_s)
         world = {"seed": world_seed, "scenario": site_scenario, "site": "house-1"}
         if meters:
             world["meters"] = meters
@@ -54,6 +60,7 @@ class MeterBoard:
         self.board = Board(str(flash_dir), board_cfg, scenario, speed=speed, seed=seed,
                            echo=self._echo)
         self.world = attach_world(self.board, scenario)
+        self.world_start_s = self.world.world.start_s
         self.device_id = None
         self.spki_hex = None
 
