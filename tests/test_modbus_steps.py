@@ -193,3 +193,17 @@ def test_a_cancelled_poll_frees_the_bus(monkeypatch):
     asyncio.run(main())
     assert not source._polling
 
+
+def test_a_register_that_goes_backwards_is_refused_and_counted():
+    """A swapped meter (or a reply that passed the CRC garbled) reads less than the board
+    holds: the board keeps its registers, counts the poll under `backwards`, and stays not
+    ready when it never had a good reading."""
+    clock = Clock()
+    uart = Uart(sdm630(import_kwh=3.0), delay=1, chunk=128)
+    source = _source(uart, clock)
+    source.set_registers(5000, 0)  # what the board read back from flash
+    assert drive(source.sample_steps(), clock, uart)[0] == (5000, 0)
+    assert source.errors == {"backwards": 1} and not source.ready
+    uart.reply = sdm630(import_kwh=5.5)
+    assert drive(source.sample_steps(), clock, uart)[0] == (5500, 0)
+    assert source.errors == {"backwards": 1} and source.ready

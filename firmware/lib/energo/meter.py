@@ -271,7 +271,7 @@ class Meter:
 
     def error_sources(self):
         """The error counters the status line sums (dicts, or objects with .errors)."""
-        return (self.errors, self.link.errors, getattr(self.source, "master", None))
+        return (self.errors, self.link.errors, self.source, getattr(self.source, "master", None))
 
     def status(self):
         """One console line: what a technician with a serial cable wants to know."""

@@ -158,7 +158,7 @@ class ModbusSource:
         self.instant = Instant()
         self.import_wh = 0
         self.export_wh = 0
-        self.went_backwards = 0
+        self.errors = {"backwards": 0}  # refused polls, on the status line (Meter.status)
         self.authority = True
         self.ready = False  # True after the first good poll: no record may carry a guess
         self.faults = (OSError, modbus.ModbusError)
@@ -188,9 +188,9 @@ class ModbusSource:
         inst.pf_milli = r.pf_milli
         inst.frequency_mhz = r.frequency_mhz
         # A register that goes backwards (a swapped meter, a garbled reply that passed the CRC)
-        # is refused: ours never decrease.
+        # is refused: ours never decrease. Counted, so a technician sees why no record is made.
         if r.import_wh < self.import_wh or r.export_wh < self.export_wh:
-            self.went_backwards += 1
+            self.errors["backwards"] += 1
         else:
             self.import_wh = r.import_wh
             self.export_wh = r.export_wh
