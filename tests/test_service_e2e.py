@@ -25,14 +25,14 @@ pytestmark = pytest.mark.mosquitto
 
 def _provision(flash, broker):
     """Boot once to read the device key from the console (as `energo` provisioning does);
-    (device id, public key, the world's epoch for the board's next power-on)."""
+    (device id, public key, the world's epoch, the world time the board was switched off)."""
     flash_firmware(flash, board_file(BOARD),
                    device_config(broker.port + 1 if broker.port < 65535 else 1,
                                  sample_interval_ms=10000))
     board = MeterBoard(flash, board_file(BOARD), HOUSE, SPEED, meters=SDM630)
     try:
         board.start()
-        return board.device_id, board.spki_hex, board.world_start_s
+        return board.device_id, board.spki_hex, board.world_start_s, board.now_s()
     finally:
         board.stop()
 
@@ -44,7 +44,7 @@ def test_emulated_meter_settles_every_record_once(tmp_path, hours):
     key_path = str(tmp_path / "service-key.pem")
     with services.Mosquitto(tmp_path / "mosquitto") as broker:
         flash = tmp_path / "flash"
-        device_id, spki_hex, world_start_s = _provision(flash, broker)
+        device_id, spki_hex, world_start_s, off_at = _provision(flash, broker)
         ledger = Ledger.open(url, key_path=key_path)
         ledger.add_member("house1")
         Registry(ledger).enroll(device_id, bytes.fromhex(spki_hex), "meter", "house1")
@@ -56,7 +56,7 @@ def test_emulated_meter_settles_every_record_once(tmp_path, hours):
         flash_firmware(flash, board_file(BOARD), device_config(broker.port,
                                                                sample_interval_ms=10000))
         meter = MeterBoard(flash, board_file(BOARD), HOUSE, SPEED, meters=SDM630,
-                           world_start_s=world_start_s)
+                           start_epoch_s=off_at + 60, world_start_s=world_start_s)
         try:
             meter.start()
             assert meter.device_id == device_id, "the key survived the reboot"

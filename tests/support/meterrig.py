@@ -12,6 +12,11 @@ from sim_board.board import Board, attach_world
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WIFI = {"ssid": "energo-sim", "password": "sim-password"}
+# When an emulated meter powers on unless a test says otherwise: a summer morning, the sun up
+# over the default site for the next twelve hours. A fixed instant, not the host's clock: the
+# world a test meets (daylight, the UTC midnight its epoch starts at) must not depend on the
+# hour the test runs.
+START_EPOCH_S = 1_782_021_600  # 2026-06-21 06:00 UTC
 KEY_LINE = re.compile(r"energo: meter (m-[0-9a-f]{12}) board \S+ key ([0-9a-f]+)")
 
 
@@ -42,11 +47,12 @@ class MeterBoard:
     """A started emulated meter whose console is captured; `device_id`/`spki_hex` once booted."""
 
     def __init__(self, flash_dir, board_cfg, site_scenario, speed, seed=1, faults=(),
-                 meters=None, world_seed=7, start_epoch_s=None, world_start_s=None):
-        """`world_start_s` pins the world's epoch (default: the UTC midnight before the board
-        powers on). A board powered on again must name its first life's `world_start_s`: its
-        meter's registers count from there, and the midnight before the second power-on may
-        be a later one, whose meter would read less than the board saved (never accepted)."""
+                 meters=None, world_seed=7, start_epoch_s=START_EPOCH_S, world_start_s=None):
+        """`start_epoch_s`: the true time at power-on. `world_start_s` pins the world's epoch
+        (default: the UTC midnight before power-on). A board powered on again must name its
+        first life's `world_start_s`: its meter's registers count from there, and the midnight
+        before the second power-on may be a later one, whose meter would read less than the
+        board saved (never accepted)."""
         self.output = bytearray()
         self.lock = threading.Lock()
         if world_start_s is not None:
@@ -54,9 +60,8 @@ class MeterBoard:
         world = {"seed": world_seed, "scenario": site_scenario, "site": "house-1"}
         if meters:
             world["meters"] = meters
-        scenario = {"wifi": WIFI, "world": world, "faults": list(faults)}
-        if start_epoch_s is not None:  # a board powered on again later in the same world
-            scenario["start_epoch_s"] = start_epoch_s
+        scenario = {"wifi": WIFI, "world": world, "faults": list(faults),
+                    "start_epoch_s": start_epoch_s}
         self.board = Board(str(flash_dir), board_cfg, scenario, speed=speed, seed=seed,
                            echo=self._echo)
         self.world = attach_world(self.board, scenario)
