@@ -9,6 +9,7 @@ what bounds the emulator's speed), so sessions here are short: a few hundred Wh 
 import json
 import subprocess
 import sys
+import traceback
 
 import pytest
 
@@ -41,7 +42,14 @@ def _charger(tmp_path, broker, community):
 
 
 def _why(board, car):
-    return board.text()[-3000:] + "\nvehicle:\n" + "\n".join(str(x) for x in car.log[-15:])
+    """What a failed wait shows: the console's end, the vehicle's log, the emulator's events
+    and where the board's firmware thread is now (a board that went silent)."""
+    thread = board.board.thread
+    frame = sys._current_frames().get(thread.ident) if thread is not None else None
+    stack = "".join(traceback.format_stack(frame)[-12:]) if frame is not None else "(not running)"
+    return (board.text()[-3000:] + "\nvehicle:\n" + "\n".join(str(x) for x in car.log[-15:])
+            + "\nemulator:\n" + "\n".join(str(x) for x in board.board.events[-10:])
+            + f"\nboard behind by {board.board.clock.behind_s():.1f} s; its thread:\n" + stack)
 
 
 def _charge(board, car, state="done"):

@@ -172,6 +172,22 @@ def test_ctrl_d_soft_reset_reruns_main_and_clears_ram(tmp_path):
     assert text.count("main ran") == 2
 
 
+def test_a_fault_at_an_instant_that_does_not_convert_back_exactly_still_happens(tmp_path):
+    """`at_s` as a float of n / 1e9 seconds (what `power_cut()` reads off the clock) may come
+    back as a hair more than n nanoseconds; the board, asleep, must still wake for it."""
+    n = next(n for n in range(2_000_000_000, 2_001_000_000) if (n / 1e9) * 1e9 > n)
+    write_firmware(tmp_path, {"main.py": (
+        "import machine, time\nprint('cause', machine.reset_cause())\ntime.sleep(100)\n")})
+    scenario = {"faults": [{"kind": "power_cut", "at_s": n / 1e9, "off_s": 1}]}
+    with CapturedBoard(tmp_path, scenario=scenario, speed=10) as cb:
+        cb.wait_for("cause 1")
+        deadline = time.monotonic() + 10
+        while cb.text().count("cause 1") < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cb.text().count("cause 1") == 2, cb.board.events
+    assert cb.board.events[1][0] == n / 1e9  # at the instant, not later
+
+
 def test_faults_api_power_cut_and_pin_irq(tmp_path):
     write_firmware(tmp_path, {"main.py": (
         "import machine, time\nprint('cause', machine.reset_cause())\nhits = []\n"
