@@ -75,6 +75,13 @@ def totals(ledger):
     return minted, burned
 
 
+def _energy_member(transfer_id):
+    """The member of an energy step's mint or burn: `#iv:<interval>:<kind>:<member>`, with
+    `:<step>` after it from an interval's second energy step on (energy that arrived after the
+    first step was booked, as when two workers settle the same interval in turn)."""
+    return transfer_id.split(":")[3]
+
+
 def member_energy(ledger):
     """{member: [import_wh, export_wh]} the ledger settled, corrected or holds open.
 
@@ -90,12 +97,12 @@ def member_energy(ledger):
         if kind == "correction":
             _, member, import_wh, export_wh = meta["request"]
         elif kind == "mint":
-            member = transfer_id.rsplit(":", 1)[1]
+            member = _energy_member(transfer_id)
             import_wh = 0
             export_wh = db.one("SELECT SUM(amount) FROM entries WHERE transfer_id = ?",
                                (transfer_id,))[0]
         else:
-            member = transfer_id.rsplit(":", 1)[1]
+            member = _energy_member(transfer_id)
             import_wh, export_wh = meta["import_wh"], 0
         row = result.setdefault(member, [0, 0])
         row[0] += import_wh
