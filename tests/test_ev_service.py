@@ -404,6 +404,37 @@ def test_offers_may_carry_a_price_superseded_within_the_grace(kit):
     assert reply["reason"] == "stale-price", reply
 
 
+def test_an_offer_at_the_configured_price_counts_when_the_first_market_price_arrives(kit):
+    """Until the market closes its first interval the service publishes its configured price;
+    a charger that offered it just before that close must not see its vehicle refused. Once
+    a second price is published and the grace has passed, the configured one is stale."""
+    from host_tools.settlement import ev as ev_service
+    from host_tools.settlement import market as settlement_market
+
+    db = kit.ledger.db
+    configured = kit.ev.ledger.config.ev_reference_price_micro_per_kwh
+
+    def record(start, price, at_ms):
+        with db.transaction():
+            db.execute("INSERT INTO market_reference_prices (interval_start_s, "
+                       "price_micro_per_kwh, volume_wh, trade_count, carried, agent_count, "
+                       "agent_order_count, recorded_at_ms) VALUES (?, ?, 0, 0, 0, 0, 0, ?)",
+                       (start, price, at_ms))
+
+    with db.transaction():
+        settlement_market.ensure_tables(db)
+    record(T0_S - 900, configured - 1000, kit.now * 1000)
+    assert kit.ev.current_price() == configured - 1000
+    assert kit.ev.accepted_prices(T0_S) == {configured - 1000, configured}
+    s = kit.nonce()
+    reply = kit.send({"t": "authorize", "offer": kit.offer(s, price=configured),
+                      "auth": kit.auth(s)})
+    assert reply["t"] == "grant", reply
+    kit.now += ev_service.PRICE_GRACE_MS // 1000 + 1
+    record(T0_S, configured - 2000, kit.now * 1000)
+    assert kit.ev.accepted_prices(T0_S + 900) == {configured - 1000, configured - 2000}
+
+
 def test_a_session_never_closed_gives_its_hold_back_and_a_late_close_still_pays(kit):
     """After ev_hold_expiry_s the hold goes back to the driver and the session shows as
     expired; when its charger closes it days later, the same cost is paid from the driver's

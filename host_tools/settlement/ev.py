@@ -59,12 +59,18 @@ class EvService(EvAccounts):
         """The reference prices valid at `at_s`: of the market's prices recorded for intervals
         before it, the published one, the one before it (an offer made just before a new
         price still counts), and any older one that was still the published price less than
-        PRICE_GRACE_MS ago; or the configured price when the service runs no market."""
+        PRICE_GRACE_MS ago; or the configured price when the service runs no market.
+        Before the market's first price, the configured one was published (current_price):
+        it is the one before the first, so an offer made just before that closed counts."""
         if self.db.get_meta("market_schema_version") is not None:
-            rows = self.db.all("SELECT price_micro_per_kwh, recorded_at_ms "
+            rows = self.db.all("SELECT price_micro_per_kwh, recorded_at_ms, interval_start_s "
                                "FROM market_reference_prices WHERE interval_start_s < ? "
                                "ORDER BY interval_start_s DESC LIMIT ?", (at_s, _PRICES_SCANNED))
             if rows:
+                (first_s,) = self.db.one("SELECT MIN(interval_start_s) "
+                                         "FROM market_reference_prices")
+                if rows[-1][2] == first_s:
+                    rows.append((self.ledger.config.ev_reference_price_micro_per_kwh, None, None))
                 since_ms = self.ledger.clock_ms() - PRICE_GRACE_MS
                 accepted = {row[0] for row in rows[:2]}
                 # rows[i] stopped being the published price when rows[i - 1] was recorded.
