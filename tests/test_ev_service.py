@@ -372,18 +372,11 @@ def test_over_mosquitto(tmp_path, mosquitto):
         assert ledger.db.one("SELECT state, wh FROM ev_sessions")[:2] == ("settled", 6_000)
 
 
-def test_offers_may_carry_a_price_superseded_within_the_grace(kit):
-    """The market's published price and the one before it always count; an older one only
-    while it was superseded less than PRICE_GRACE_MS ago (intervals closing at once)."""
-    from host_tools.settlement import ev as ev_service
+def _record_prices(kit, *rows):
+    """The market's reference prices as it records them: (interval, price, recorded at ms)."""
     from host_tools.settlement import market as settlement_market
 
     db = kit.ledger.db
-    now_ms = kit.now * 1000
-    grace = ev_service.PRICE_GRACE_MS
-    # (interval, price, recorded at): 101 long ago, then 102 and 103 together just now.
-    rows = [(T0_S - 2700, 101, now_ms - 10 * grace), (T0_S - 1800, 102, now_ms - 1000),
-            (T0_S - 900, 103, now_ms - 1000)]
     with db.transaction():
         settlement_market.ensure_tables(db)
         for start, price, at_ms in rows:
@@ -391,6 +384,18 @@ def test_offers_may_carry_a_price_superseded_within_the_grace(kit):
                        "price_micro_per_kwh, volume_wh, trade_count, carried, agent_count, "
                        "agent_order_count, recorded_at_ms) VALUES (?, ?, 0, 0, 0, 0, 0, ?)",
                        (start, price, at_ms))
+
+
+def test_offers_may_carry_a_price_superseded_within_the_grace(kit):
+    """The market's published price and the one before it always count; an older one only
+    while it was superseded less than PRICE_GRACE_MS ago (intervals closing at once)."""
+    from host_tools.settlement import ev as ev_service
+
+    now_ms = kit.now * 1000
+    grace = ev_service.PRICE_GRACE_MS
+    # (interval, price, recorded at): 101 long ago, then 102 and 103 together just now.
+    _record_prices(kit, (T0_S - 2700, 101, now_ms - 10 * grace),
+                   (T0_S - 1800, 102, now_ms - 1000), (T0_S - 900, 103, now_ms - 1000))
     assert kit.ev.accepted_prices(T0_S) == {101, 102, 103}, "101 was published a second ago"
     assert kit.ev.current_price() == 103
     s = kit.nonce()
@@ -409,21 +414,9 @@ def test_an_offer_at_the_configured_price_counts_when_the_first_market_price_arr
     a charger that offered it just before that close must not see its vehicle refused. Once
     a second price is published and the grace has passed, the configured one is stale."""
     from host_tools.settlement import ev as ev_service
-    from host_tools.settlement import market as settlement_market
 
-    db = kit.ledger.db
     configured = kit.ev.ledger.config.ev_reference_price_micro_per_kwh
-
-    def record(start, price, at_ms):
-        with db.transaction():
-            db.execute("INSERT INTO market_reference_prices (interval_start_s, "
-                       "price_micro_per_kwh, volume_wh, trade_count, carried, agent_count, "
-                       "agent_order_count, recorded_at_ms) VALUES (?, ?, 0, 0, 0, 0, 0, ?)",
-                       (start, price, at_ms))
-
-    with db.transaction():
-        settlement_market.ensure_tables(db)
-    record(T0_S - 900, configured - 1000, kit.now * 1000)
+    _record_prices(kit, (T0_S - 900, configured - 1000, kit.now * 1000))
     assert kit.ev.current_price() == configured - 1000
     assert kit.ev.accepted_prices(T0_S) == {configured - 1000, configured}
     s = kit.nonce()
@@ -431,7 +424,7 @@ def test_an_offer_at_the_configured_price_counts_when_the_first_market_price_arr
                       "auth": kit.auth(s)})
     assert reply["t"] == "grant", reply
     kit.now += ev_service.PRICE_GRACE_MS // 1000 + 1
-    record(T0_S, configured - 2000, kit.now * 1000)
+    _record_prices(kit, (T0_S, configured - 2000, kit.now * 1000))
     assert kit.ev.accepted_prices(T0_S + 900) == {configured - 1000, configured - 2000}
 
 

@@ -3,9 +3,9 @@
 #
 # Why a reader of its own rather than UART.readline(): a line arrives in pieces, and a vehicle
 # that sends garbage or a line that never ends must not make the charger allocate without
-# bound or stop. Bytes go into one pre-sized buffer; a line that
-# outgrows it is dropped up to its newline and answered with one `error` frame, and so is a
-# line that is not a valid frame. Nothing a vehicle sends raises out of poll().
+# bound or stop. Bytes go into one pre-sized buffer; a line that outgrows it is dropped up to
+# its newline and answered with one `error` frame, and so is a line that is not a valid
+# frame. Nothing a vehicle sends raises out of poll().
 try:
     from micropython import const
 except ImportError:  # CPython: const() is only a marker for the MicroPython compiler

@@ -221,4 +221,3 @@ class RtuMaster:
             raise ModbusTimeout("no complete reply within %d ms (%d bytes)"
                                 % (self.timeout_ms, got))
         return got
-
