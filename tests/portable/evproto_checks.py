@@ -127,6 +127,16 @@ st = evproto.read_frame(evproto.frame("status", wh=1234, cost=56789, i=0))
 check.eq((st["wh"], st["cost"], st["i"]), (1234, 56789, 0), "status ints")
 rj = evproto.read_frame(evproto.frame("reject", reason="expired", detail="late", reject=None))
 check.eq(sorted(rj.keys()), ["detail", "k", "reason"], "optional field left out")
+# Text is written byte for byte the same on both implementations: printable ASCII escapes only
+# '"' and '\\'; control characters, DEL and anything beyond ASCII become \\u escapes.
+check.eq(evproto.frame("error", reason="malformed", detail='a "q" \\ |x'),
+         b'{"k":"error","reason":"malformed","detail":"a \\"q\\" \\\\ |x"}\n',
+         "printable text: quote and backslash escaped")
+odd = "tab\tnl\ndel\x7f\u00e9\u20ac"
+line = evproto.frame("error", reason="malformed", detail=odd)
+check.eq(line, b'{"k":"error","reason":"malformed","detail":'
+         b'"tab\\u0009nl\\u000adel\\u007f\\u00e9\\u20ac"}\n', "other text: \\u escapes")
+check.eq(evproto.read_frame(line)["detail"], odd, "escaped text reads back")
 frame_cases = [
     ("garbage", b"\x00\xff garbage\n", "malformed"),
     ("unknown kind", b'{"k":"dance"}\n', "malformed"),

@@ -134,9 +134,7 @@ class Journal:
 
     def save(self, state):
         """Persist a session's state atomically (temp file, flush, rename)."""
-        data = encode_state(state)
-        # Invariant before writing: what we write reads back as what we meant.
-        assert decode_state(data)["session"] == state["session"]
+        data = encode_state(state)  # checked (check_state) before anything is written
         path = self._path(session_id(state["session"]) + ".j")
         with open(path + ".tmp", "wb") as f:
             f.write(data)
