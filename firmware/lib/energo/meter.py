@@ -136,7 +136,7 @@ class Meter:
         """make_record, with the signature made in slices (p256.sign_steps) and the event
         loop run between them. Why: a signature is ~0.5 s of pure Python on an ESP32, which
         would hold every other task up for that long, and all its garbage (~150 KB) would
-        pile up where nothing else runs; a slice makes ~10 KB. The pause (slice_pause_ms) is
+        pile up where nothing else runs; a slice makes ~5 KB. The pause (slice_pause_ms) is
         never 0, so the loop finishes a pass between slices even with nothing else ready.
         Only one record is made at a time: record_task is the only caller in the meter role
         (a charger holds its record_lock around every call)."""

@@ -37,11 +37,13 @@ GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
 _COMB_ROWS = const(7)  # the table built on the board
 ROM_COMB_ROWS = 8  # the precomputed table
 # Work between two yields of the stepwise generators (sign_steps, verify_steps): comb columns
-# for k*G (~4.9 KB of garbage each on MicroPython), bits for k*Q (~2.6 KB each). A slice's
-# garbage bounds what a pass adds to the heap; each slice boundary costs its caller a pause
-# (Meter.slice_pause_ms), which a charger's handshake pays ~200 times.
-STEP_COLUMNS = 2
-STEP_BITS = 4
+# for k*G (~4.8 KB of garbage each on MicroPython), bits for k*Q (~2.4 KB each); building
+# k*Q's table yields after each of its point operations. A slice's garbage bounds what a pass
+# adds to the heap (MicroPython's WebAssembly port collects only between passes, and a pass may
+# run two slices when other tasks fill the pause); each slice boundary costs its caller a pause
+# (Meter.slice_pause_ms): ~34 per signature, ~170 per verification.
+STEP_COLUMNS = 1
+STEP_BITS = 2
 
 # DER SubjectPublicKeyInfo prefix for an uncompressed P-256 key (id-ecPublicKey, prime256v1).
 SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
@@ -276,12 +278,16 @@ def _wnaf(k):
 def _mul_steps(pt, k):
     """Generator computing k*pt (0 <= k < N) for a variable affine point pt = (x, y): width-4
     NAF over the odd multiples pt, 3pt, 5pt, 7pt made affine (each addition then a mixed one,
-    and the table ~0.4 KB). Yields after the table and every STEP_BITS bits; returns the
-    Jacobian point. For verification only: its timing depends on k, which is public there."""
+    and the table ~0.4 KB). Yields after each step of the table and every STEP_BITS bits;
+    returns the Jacobian point. For verification only: its timing depends on k, which is public
+    there."""
     x1, y1 = pt
     twice = _double((x1, y1, 1))
+    yield
     odd = [_add_affine(twice, x1, y1)]  # 3pt
+    yield
     odd.append(_add(odd[0], twice))  # 5pt
+    yield
     odd.append(_add(odd[1], twice))  # 7pt
     yield
     table = [pt] + _batch_to_affine(odd)
@@ -560,6 +566,7 @@ def _verify_rs_steps(pub, digest, r, s):
     w = _inverse(s, N)
     u1 = _int(digest) * w % N
     u2 = r * w % N
+    yield
     acc = yield from _mul_steps((qx, qy), u2)
     if u1:
         acc = _add(acc, (yield from _mul_base_steps(u1)))
