@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from energo import ocmf, p256, timefmt
@@ -150,3 +150,55 @@ def test_reader_names_stay_reachable_through_ocmf():
     with pytest.raises(AttributeError):
         ocmf.Recrod  # noqa: B018 - the attribute access is the test
     assert not hasattr(ocmf, "load_object")
+
+
+_PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="|"),
+                     max_size=40)
+_NO_CONTROL = st.text(st.characters(min_codepoint=0x20, exclude_characters="|\x7f",
+                                    exclude_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_PRINTABLE, _NO_CONTROL, st.lists(st.tuples(st.sampled_from("UVWXYZ"), _NO_CONTROL),
+                                         max_size=4, unique_by=lambda kv: kv[0]),
+       st.integers(0, 10**12), st.integers(1, 10**6))
+def test_build_payload_is_the_json_of_its_fields_in_order(gi, ms, extra, wh, counter):
+    """The payload is byte for byte what json.dumps writes for the same fields in the same
+    order (ASCII only, no spaces): an oracle independent of how build_payload joins its
+    pieces. RV, a number kept as text, stands in as a marker string."""
+    readings = [ocmf.reading(T0_MS, "B", wh), ocmf.reading(T0_MS, "B", 0, ocmf.OBIS_EXPORT)]
+    extra = [("X" + key, value) for key, value in extra] + [("XP", -counter)]
+    payload = ocmf.build_payload((gi, "m-0123456789ab", "0.1.0"), f"T{counter}",
+                                 ("Energo", "SDM630", ms), readings, extra)
+    fields = {"FV": "1.0", "GI": gi, "GS": "m-0123456789ab", "GV": "0.1.0", "PG": f"T{counter}",
+              "MV": "Energo", "MM": "SDM630", "MS": ms}
+    fields.update(extra)
+    fields["RD"] = [{key: f"@RV{n}@" if key == "RV" else value for key, value in entry}
+                    for n, entry in enumerate(readings)]
+    expected = json.dumps(fields, separators=(",", ":"))
+    for n, entry in enumerate(readings):
+        expected = expected.replace(f'"@RV{n}@"', dict(entry)["RV"].text)
+    assert payload == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.one_of(st.characters(min_codepoint=0x20, max_codepoint=0x7E),
+                         st.sampled_from('"\\|'),
+                         st.sampled_from("\x00\t\x1f\x7f\xe9\u20ac\U0001f600"),
+                         st.characters(exclude_categories=("Cs",))), max_size=40))
+@example("a\\b")
+@example('say "hi"')
+@example("a|b")
+@example("tab\there")
+def test_dump_string_escapes_like_the_character_writer(text):
+    """dump_string's shortcut for plain printable ASCII writes what the per-character writer
+    writes; '|' is refused either way."""
+    from energo.jsonexact import JsonError, _escaped, dump_string
+
+    if "|" in text:
+        with pytest.raises(JsonError):
+            dump_string(text)
+        return
+    assert dump_string(text) == _escaped(text)
+    if all(" " <= ch <= "~" for ch in text):
+        assert dump_string(text) == json.dumps(text)

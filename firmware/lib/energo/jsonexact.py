@@ -44,6 +44,17 @@ class Number:
 
 
 def dump_string(text):
+    """text as a JSON string literal for a signed body or record; JsonError for '|'."""
+    # Most strings are printable ASCII that needs no escape: one string then, not a list of
+    # its characters (iterating a str makes no garbage on MicroPython: one-character strings
+    # are interned).
+    for ch in text:
+        if ch < " " or ch > "~" or ch == '"' or ch == "\\" or ch == "|":
+            return _escaped(text)
+    return '"%s"' % text
+
+
+def _escaped(text):
     out = ['"']
     for ch in text:
         code = ord(ch)

@@ -65,24 +65,28 @@ def build_payload(gateway, pagination, meter, readings, extra=()):
     check_pagination(pagination)
     if not readings or len(readings) > READINGS_MAX:
         raise OcmfError("a record needs 1 to %d readings" % READINGS_MAX)
+    # Pieces joined once: a payload built by concatenation made ~9 KB of garbage on MicroPython
+    # for its ~600 characters (this is in every record's loop pass).
     try:
-        parts = ['"FV":"1.0"', '"GI":' + dump_string(gateway[0]),
-                 '"GS":' + dump_string(gateway[1]), '"GV":' + dump_string(gateway[2]),
-                 '"PG":' + dump_string(pagination), '"MV":' + dump_string(meter[0]),
-                 '"MM":' + dump_string(meter[1]), '"MS":' + dump_string(meter[2])]
+        out = ['{"FV":"1.0","GI":', dump_string(gateway[0]), ',"GS":', dump_string(gateway[1]),
+               ',"GV":', dump_string(gateway[2]), ',"PG":', dump_string(pagination),
+               ',"MV":', dump_string(meter[0]), ',"MM":', dump_string(meter[1]),
+               ',"MS":', dump_string(meter[2])]
         for key, value in extra:
             if not key or (key[0] not in "UVWXYZ" and key not in _EXTRA_STD):
                 raise OcmfError("extra key %r is neither a vendor key (U-Z) nor an OCMF field"
                                 % key)
-            parts.append(dump_string(key) + ":" + dump_value(value))
-        rd = []
-        for entry in readings:
-            rd.append("{" + ",".join(dump_string(k) + ":" + dump_value(v) for k, v in entry)
-                      + "}")
+            out.extend((",", dump_string(key), ":", dump_value(value)))
+        out.append(',"RD":[')
+        for n, entry in enumerate(readings):
+            out.append(",{" if n else "{")
+            for m, (key, value) in enumerate(entry):
+                out.extend(("," if m else "", dump_string(key), ":", dump_value(value)))
+            out.append("}")
     except JsonError as exc:
         raise OcmfError(exc.args[0])
-    parts.append('"RD":[' + ",".join(rd) + "]")
-    payload = "{" + ",".join(parts) + "}"
+    out.append("]}")
+    payload = "".join(out)
     if len(payload) + 200 > RECORD_BYTES_MAX:
         raise OcmfError("payload too long")
     return payload
