@@ -175,3 +175,28 @@ def test_the_longest_frames_a_vehicle_sends_fit_the_chargers_line_buffer():
     longest = max(len(f) for f in frames)
     assert 600 < longest <= evlink.LINE_MAX // 2, longest  # room for fields added later
     assert evlink.VehicleLink(None).line_max == evlink.LINE_MAX
+
+
+def test_an_id_that_is_not_its_keys_is_refused_in_every_message_that_pairs_them():
+    """_consistent derives ids from keys _check has accepted, without a second curve check;
+    the id it derives is key_id's, and another key's id is refused in each pairing."""
+    vehicle_priv = bytes([0x22] * 32)
+    v_pub = evproto.spki_hex(p256.public_key(vehicle_priv))
+    other = evproto.spki_hex(p256.public_key(bytes([0x23] * 32)))
+    assert evproto._id_of_checked(v_pub, "vehicle") == evproto.key_id(v_pub, "vehicle")
+    assert evproto._id_of_checked(C_PUB, "charger") == STATION
+    auth = {"t": "auth", "vehicle": evproto.key_id(v_pub, "vehicle"), "pub": v_pub,
+            "station": STATION, "nonce": NONCE, "emax": 1000, "cmax": 10, "exp": 1790000000}
+    cert = {"t": "cert", "community": "c", "station": STATION, "pub": C_PUB, "owner": "o",
+            "fee": 0, "exp": 1790000000}
+    allow = {"t": "allow", "community": "c", "seq": 1, "exp": 1790000000,
+             "vehicles": [{"id": auth["vehicle"], "pub": v_pub, "limit": 5}]}
+    for body in (auth, cert, allow):
+        assert evproto.open_message(evproto.sign_message(CHARGER, body), body["t"])
+    bad = [dict(auth, pub=other), dict(cert, pub=other),
+           dict(allow, vehicles=[{"id": auth["vehicle"], "pub": other, "limit": 5}])]
+    for body in bad:
+        with pytest.raises(ProtocolError) as err:
+            evproto.write_body(body)
+        assert err.value.reason == "malformed"
+        assert "is not the id of" in err.value.detail
