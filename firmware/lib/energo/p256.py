@@ -148,8 +148,15 @@ def _batch_to_affine(points):
         inv = inv * points[i][2] % P
         zi2 = zi * zi % P
         x, y, _ = points[i]
-        out[i] = (x * zi2 % P, y * zi2 * zi % P)
+        out[i] = (_trim(x * zi2 % P), _trim(y * zi2 * zi % P))
     return out
+
+
+def _trim(v):
+    """v (0 <= v < 2^256) as a right-sized int. Why: on MicroPython a remainder keeps its
+    dividend's digit array, two to three times what the value needs, and a table made here
+    is kept across many slices."""
+    return int.from_bytes(v.to_bytes(32, "big"), "big")
 
 
 def _build_comb(rows):
@@ -291,6 +298,7 @@ def _mul_steps(pt, k):
     odd.append(_add(odd[1], twice))  # 7pt
     yield
     table = [pt] + _batch_to_affine(odd)
+    twice = odd = None  # a generator keeps its locals to its end: ~1 KB of Jacobian points
     digits = _wnaf(k)
     yield
     acc = (1, 1, 0)
