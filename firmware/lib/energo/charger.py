@@ -238,18 +238,18 @@ class Charger(ServiceSide, Meter):
         if price is None or wallclock.sync_status() != "S" or not self.trust.cert_valid(at):
             return  # no certificate, price or true time yet: the vehicle waits in B
         self.nonce = evproto.new_nonce(os.urandom)
-        self.offer = await self.sign("offer", {"station": self.device_id, "nonce": self.nonce,
-                                         "price": price, "fee": self.trust.fee,
-                                         "imax": self.evse.max_a, "at": at})
-        self.offer_body = evproto.open_message(self.offer, "offer")
+        body = {"station": self.device_id, "nonce": self.nonce, "price": price,
+                "fee": self.trust.fee, "imax": self.evse.max_a, "at": at}
+        self.offer = await self.sign("offer", body)
+        self.offer_body = body  # what was signed; reading the signed text back makes ~6 KB
         print("session: offer", self.nonce)
         self.vehicle.send("offer", offer=self.offer, cert=self.trust.cert)
         self.phase = "offered"
         self._wait(now, AUTH_WAIT_MS)
 
-    async def sign(self, t, fields):
-        """A signed message of type t made with the device key (which never leaves it)."""
-        body = dict(fields)
+    async def sign(self, t, body):
+        """A signed message of type t (set in body) made with the device key, which never
+        leaves it."""
         body["t"] = t
         text = evproto.write_body(body)
         return evproto.join_signed(text, await self.crypto(self.keystore.sign_steps(text)))
