@@ -71,7 +71,9 @@ def test_bench_prints_the_charger_figures(bench_result):
     peak = result["charger_peak_heap_bytes"]
     assert 0 < result["charger_retained_heap_bytes"] < peak
     assert 0 < result["charger_modules_bytes"] < result["charger_boot_retained_bytes"]
-    assert result["charger_peak_absolute_bytes"] == (
+    # The absolute peak is this port's heap; the role's figures add its names' pool entries.
+    assert result["charger_qstrs"] > result["meter_qstrs"] > 100
+    assert result["charger_peak_absolute_bytes"] + result["charger_qstr_bytes"] == (
         peak + result["charger_interpreter_baseline_bytes"] + result["charger_standins_bytes"])
     # Between passes of a session it keeps more than once the session waits for settlement.
     assert result["charger_boot_retained_bytes"] <= result["charger_after_session_retained_bytes"]
@@ -103,7 +105,7 @@ def test_peak_is_positive_and_inside_the_heap(bench_result):
     assert result["meter_peak_absolute_bytes"] <= result["heap_end_bytes"]
     if not result["heap_grew"]:
         assert result["meter_peak_absolute_bytes"] < result["heap_bytes"]
-    assert result["meter_peak_absolute_bytes"] == (
+    assert result["meter_peak_absolute_bytes"] + result["meter_qstr_bytes"] == (
         peak + result["interpreter_baseline_bytes"] + result["standins_bytes"])
 
 
@@ -139,17 +141,29 @@ def test_the_role_really_ran(bench_result):
     assert result["meter_outbox_records"] == result["meter_records"] + 2
 
 
-def _good_output(**changes):
+def _qstr_line(pools, names):
+    return (f"qstr pool: n_pool={pools}, n_qstr={names}, n_str_data_bytes=18300, "
+            f"n_total_bytes=54252\n")
+
+
+def _good_output(qstr_lines=None, **changes):
     figures = {"role": "meter", "meter_peak_heap_bytes": 5000, "meter_retained_heap_bytes": 4000,
                "interpreter_baseline_bytes": 9000, "heap_start_bytes": 250000,
                "heap_end_bytes": 250000}
     figures.update(changes)
-    return "link: connect failed: OSError 111\n" + json.dumps(figures) + "\n"
+    if qstr_lines is None:
+        qstr_lines = _qstr_line(8, 2769) + _qstr_line(8, 3469)
+    return ("link: connect failed: OSError 111\n" + qstr_lines + json.dumps(figures) + "\n")
 
 
-def test_parse_result_takes_the_last_line():
+def test_parse_result_takes_the_last_line_and_charges_the_roles_names():
     result = firmware_mem.parse_result(_good_output(), "meter")
-    assert result["meter_peak_heap_bytes"] == 5000
+    # 700 names interned by the role, each an entry in a qstr pool the script grew beforehand.
+    assert result["meter_qstrs"] == 700
+    assert result["meter_qstr_bytes"] == 700 * firmware_mem.QSTR_ENTRY_BYTES == 4900
+    assert result["meter_peak_heap_bytes"] == 5000 + 4900
+    assert result["meter_retained_heap_bytes"] == 4000 + 4900
+    assert result["interpreter_baseline_bytes"] == 9000  # the baseline is not the role's
 
 
 @pytest.mark.parametrize("stdout, message", [
@@ -163,6 +177,11 @@ def test_parse_result_takes_the_last_line():
     (_good_output(meter_peak_heap_bytes=True), "meter_peak_heap_bytes=True"),
     (_good_output(heap_end_bytes=None), "heap_end_bytes=None"),
     (_good_output(meter_peak_heap_bytes=3000), "peak below the retained heap"),
+    (_good_output(qstr_lines=""), "printed 0 qstr_info lines"),
+    (_good_output(qstr_lines=_qstr_line(8, 2769)), "printed 1 qstr_info lines"),
+    (_good_output(qstr_lines=_qstr_line(8, 2769) + _qstr_line(9, 5200)),
+     "qstr pools grew from 8 to 9"),
+    (_good_output(qstr_lines=_qstr_line(8, 3469) + _qstr_line(8, 2769)), "out of order"),
 ])
 def test_parse_result_refuses_what_it_cannot_trust(stdout, message):
     with pytest.raises(firmware_mem.MeasureError, match=message):

@@ -31,9 +31,21 @@
 #                               the P-256 comb table, sample buffers.
 #   <role>_sample_alloc_bytes   what one sampling step allocates (an ADC window), alone in a
 #   <role>_record_alloc_bytes   pass; likewise one signed record. The peak is made of these.
-#   interpreter_baseline_bytes  heap in use after start-up (asyncio and this probe's script
-#                               loaded), measured in the same run: the baseline.
+#   interpreter_baseline_bytes  heap in use after start-up (asyncio, this probe's script and
+#                               its pre-grown qstr pools), measured in the same run: the
+#                               baseline.
+#   <role>_qstrs, _qstr_bytes   the names the role interned, and what they add to each figure.
 #   heap_grew                   the pass peak did not fit in --heap on this port.
+# Names (qstrs). Every identifier the role's code uses is interned in a qstr pool: ~7 bytes an
+# entry in RAM (the text stays in flash with ROMFS). This port grows its pools by doubling, so
+# whether a new ~9 KB pool was made inside the role's figures or before them depended on how
+# many names came first: a few names more in the firmware, the script or the stand-ins moved
+# every figure by 9 KB. So each script
+# interns ~2 600 names of its own before its baseline (pregrow_qstrs: the pools then have room
+# for the role's), prints micropython.qstr_info() once the stand-ins are in and once at the
+# end, and the host adds the role's own names, QSTR_ENTRY_BYTES each, to every <role>_* figure
+# below as <role>_qstr_bytes (<role>_qstrs names). A board's pools, grown by doubling too, may
+# hold up to one pool of slack on top; that depends on its firmware build, not on the role.
 # The link is measured in its offline state (connect refused, backing off: it builds an
 # MQTTClient per attempt); a connected link adds the socket object and per-publish packet
 # garbage, which this bench does not see (the port has no sockets, and a broker stand-in in the
@@ -47,6 +59,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import tempfile
 
@@ -65,6 +78,10 @@ _RECORDS_MAX = 100
 _INTERVAL_S_MIN = 5  # the firmware's own lower bound (devcfg)
 _INTERVAL_S_MAX = 60
 TARGET_PEAK_BYTES = 64 * 1024
+# One name in a qstr pool on a 32-bit port: 2-byte hash, 1-byte length, 4-byte pointer to the
+# text (which ROMFS leaves in flash). The WebAssembly port's pools measure the same: 35 952
+# bytes for 5 100 entries.
+QSTR_ENTRY_BYTES = 7
 CODE_FORMS = ("romfs", "mpy", "py")
 
 
@@ -128,7 +145,36 @@ def parse_result(stdout, role):
             raise MeasureError(f"the MicroPython run reported {key}={value!r}")
     if result[f"{role}_peak_heap_bytes"] < result[f"{role}_retained_heap_bytes"]:
         raise MeasureError("peak below the retained heap: the probe did not see every pass")
+    _charge_qstrs(result, role, lines[:-1])
     return result
+
+
+_QSTR_LINE = re.compile(r"^qstr pool: n_pool=(\d+), n_qstr=(\d+),")
+
+
+def _charge_qstrs(result, role, lines):
+    """Add the role's names to its figures: <role>_qstrs names, QSTR_ENTRY_BYTES each.
+
+    The script pre-grows the qstr pools before its baseline and prints qstr_info() once the
+    stand-ins are loaded and once at the end. The pool count must not change in between: a pool
+    allocated mid-run would be charged on top of the names (and jump the figures by ~9 KB)."""
+    pools = [(int(m.group(1)), int(m.group(2))) for m in map(_QSTR_LINE.match, lines) if m]
+    if len(pools) != 2:
+        raise MeasureError(f"the MicroPython run printed {len(pools)} qstr_info lines, not 2")
+    (pools_before, names_before), (pools_after, names_after) = pools
+    if pools_after != pools_before:
+        raise MeasureError(f"the qstr pools grew from {pools_before} to {pools_after} while the "
+                           "role ran: pre-grow more names (pregrow_qstrs in the script)")
+    names = names_after - names_before
+    if names <= 0:
+        raise MeasureError(f"the role interned {names} names: the qstr_info lines are out of order")
+    charge = names * QSTR_ENTRY_BYTES
+    result[f"{role}_qstrs"] = names
+    result[f"{role}_qstr_bytes"] = charge
+    for key in ("modules_bytes", "boot_retained_bytes", "retained_heap_bytes",
+                "after_session_retained_bytes", "peak_heap_bytes"):
+        if f"{role}_{key}" in result:
+            result[f"{role}_{key}"] += charge
 
 
 def measure(role="meter", records=4, interval_s=5, heap_bytes=HEAP_BYTES_DEFAULT, code="romfs",
