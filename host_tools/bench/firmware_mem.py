@@ -40,12 +40,13 @@
 # entry in RAM (the text stays in flash with ROMFS). This port grows its pools by doubling, so
 # whether a new ~9 KB pool was made inside the role's figures or before them depended on how
 # many names came first: a few names more in the firmware, the script or the stand-ins moved
-# every figure by 9 KB. So each script
-# interns ~2 600 names of its own before its baseline (pregrow_qstrs: the pools then have room
-# for the role's), prints micropython.qstr_info() once the stand-ins are in and once at the
-# end, and the host adds the role's own names, QSTR_ENTRY_BYTES each, to every <role>_* figure
-# below as <role>_qstr_bytes (<role>_qstrs names). A board's pools, grown by doubling too, may
-# hold up to one pool of slack on top; that depends on its firmware build, not on the role.
+# every figure by 9 KB. So each script interns ~2 600 names of its own before its baseline
+# (standins/qstrpool.py: the pools then have room for the role's), prints
+# micropython.qstr_info() once the stand-ins are in and once at the end, and the host adds the
+# role's own names, QSTR_ENTRY_BYTES each, to every <role>_* figure above as <role>_qstr_bytes
+# (<role>_qstrs names), refusing a run in which a pool was still made. A board's pools, grown
+# by doubling too, may hold up to one pool of slack on top; that depends on its firmware build,
+# not on the role.
 # The link is measured in its offline state (connect refused, backing off: it builds an
 # MQTTClient per attempt); a connected link adds the socket object and per-publish packet
 # garbage, which this bench does not see (the port has no sockets, and a broker stand-in in the
@@ -164,7 +165,7 @@ def _charge_qstrs(result, role, lines):
     (pools_before, names_before), (pools_after, names_after) = pools
     if pools_after != pools_before:
         raise MeasureError(f"the qstr pools grew from {pools_before} to {pools_after} while the "
-                           "role ran: pre-grow more names (pregrow_qstrs in the script)")
+                           "role ran: pre-grow more names (standins/qstrpool.py)")
     names = names_after - names_before
     if names <= 0:
         raise MeasureError(f"the role interned {names} names: the qstr_info lines are out of order")

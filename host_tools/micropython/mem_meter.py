@@ -39,17 +39,6 @@ async def settled():
     return gc.mem_alloc()
 
 
-async def pregrow_qstrs(count=2600):
-    """Intern `count` names before the baseline, so that the qstr pools the role's names go into
-    exist already (see firmware_mem.py's header: the host charges the role for its names). A
-    collection every 100 names: each getattr leaves an exception behind."""
-    o = object()
-    for n in range(count):
-        getattr(o, "_pregrow%d" % n, None)
-        if n % 100 == 99:
-            await settled()
-
-
 class PassProbe:
     """Samples the heap at both ends of every asyncio loop pass (see the header)."""
 
@@ -83,7 +72,9 @@ async def main():
     interval_s = int(sys.argv[3])
     out = {"role": "meter", "heap_start_bytes": heap_total()}
     gc.threshold(-1)  # collections only where the probe asks for them
-    await pregrow_qstrs()
+    import qstrpool
+
+    await qstrpool.pregrow()
     probe = PassProbe()
     interpreter = await settled()
 
