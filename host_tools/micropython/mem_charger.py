@@ -1,9 +1,10 @@
 # Runs on MicroPython-wasm (run.mjs --async): boots the unmodified charger role on stand-ins for
 # the ESP32's hardware, serves one whole offline session (offer, auth, grant from the signed
 # allow-list, TX B, C records, the vehicle's stop, TX E, final, countersignature, journaled for
-# settlement) and prints one JSON line of heap figures. argv: board.json path, C records per
-# session, record interval in seconds. The method is mem_meter.py's (see its header: the peak at
-# the end of every asyncio loop pass, the retained heap at the start of the next).
+# settlement) and prints one JSON line of heap figures, after mem_meter.py's two qstr_info()
+# lines. argv: board.json path, C records per session, record interval in seconds. The method
+# is mem_meter.py's (see its header: the peak at the end of every asyncio loop pass, the
+# retained heap at the start of the next).
 #
 # What stands in here, on top of host_tools/micropython/standins: the SDM630 on UART 2 (answers
 # the two block reads with float registers, energy growing 10 Wh a poll), the pilot line's ADC

@@ -1,6 +1,8 @@
 # Runs on MicroPython-wasm (run.mjs --async): boots the unmodified meter role on stand-ins for
 # the ESP32 modules, runs its steady state for a number of records, and prints one JSON line
-# of heap figures. argv: board.json path, records to measure, record interval in seconds.
+# of heap figures, after two qstr_info() lines from which the host charges the role for its
+# names (firmware_mem.py's header). argv: board.json path, records to measure, record interval
+# in seconds.
 # sys.path must hold the stand-ins (standins/) and micropython-lib's umqtt.simple.
 #
 # How the peak is caught. On this port gc.collect() only asks for a collection: it happens at
