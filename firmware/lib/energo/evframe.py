@@ -4,21 +4,22 @@
 # message checks stay in evproto where both sides share them.
 import json
 
-from energo.evproto import LINE_MAX, ProtocolError, _check, _dump
+from energo.evproto import LINE_MAX, ProtocolError, _check, _dump, _fields
 from energo.jsonexact import JsonError
 
-# Link frames: fields after "k"; a name ending in "?" may be absent.
+# Link frames: fields after "k" as "name:kind" words (evproto._fields); a name ending in "?"
+# may be absent.
 FRAMES = {
-    "offer": (("offer", "signed"), ("cert", "signed")),
-    "auth": (("auth", "signed"),),
-    "grant": (("grant", "signed"),),
-    "reject": (("reason", "reason"), ("detail", "text"), ("reject?", "signed")),
-    "status": (("wh", "wh"), ("cost", "money"), ("i", "current")),
-    "stop": (),
-    "final": (("record", "record"),),
-    "meter": (("meter", "signed"),),
-    "receipt": (("receipt", "signed"), ("begin", "record"), ("end", "record")),
-    "error": (("reason", "reason"), ("detail", "text")),
+    "offer": "offer:signed cert:signed",
+    "auth": "auth:signed",
+    "grant": "grant:signed",
+    "reject": "reason:reason detail:text reject?:signed",
+    "status": "wh:wh cost:money i:current",
+    "stop": "",
+    "final": "record:record",
+    "meter": "meter:signed",
+    "receipt": "receipt:signed begin:record end:record",
+    "error": "reason:reason detail:text",
 }
 
 
@@ -55,12 +56,13 @@ def frame(kind, **fields):
     spec = FRAMES.get(kind)
     if spec is None:
         raise ProtocolError("malformed", "unknown frame kind %r" % (kind,))
-    names = [name.rstrip("?") for name, _ in spec]
+    pairs = list(_fields(spec))  # parsed once: used twice
+    names = [name.rstrip("?") for name, _ in pairs]
     for key in fields:
         if key not in names:
             raise ProtocolError("malformed", "%s frame has unknown field %r" % (kind, key))
     parts = ['"k":' + _frame_string(kind)]
-    for name, ftype in spec:
+    for name, ftype in pairs:
         key = name.rstrip("?")
         if fields.get(key) is None:
             if name != key:
@@ -95,14 +97,15 @@ def read_frame(line):
     if spec is None:
         raise ProtocolError("malformed", "unknown frame kind %r" % (kind,))
     out = {"k": kind}
-    for name, ftype in spec:
+    pairs = list(_fields(spec))  # parsed once: used twice
+    for name, ftype in pairs:
         key = name.rstrip("?")
         if key not in obj or (name != key and obj[key] is None):
             if name != key:
                 continue
             raise ProtocolError("malformed", "%s frame lacks %r" % (kind, key))
         out[key] = _check(ftype, obj[key], kind + "." + key)
-    names = [name.rstrip("?") for name, _ in spec]
+    names = [name.rstrip("?") for name, _ in pairs]
     for key in obj:
         if key != "k" and key not in names:
             raise ProtocolError("malformed", "%s frame has unknown field %r" % (kind, key))

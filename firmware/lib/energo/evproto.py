@@ -159,46 +159,53 @@ def _check_vehicles(value, where):
     return out
 
 
+def _fields(spec):
+    """The [name, kind] pairs of a table entry (MESSAGES, _VEHICLE_ENTRY, evframe.FRAMES),
+    which is a string of "name:kind" words.
+
+    Why strings: a table of tuples is built in the heap when its module loads, ~16 bytes a
+    pair plus a str object for each name not interned already (these three tables: ~1.5 KB
+    of a charger's RAM for as long as it runs); a string constant stays in flash on a ROMFS or
+    frozen board. The pairs made here are the check's garbage, a few hundred bytes.
+    """
+    for word in spec.split():
+        yield word.split(":")
+
+
 def _check_fields(obj, spec, where):
     if not isinstance(obj, dict):
         raise ProtocolError("malformed", "%s must be an object" % where)
     out = {}
-    for name, kind in spec:
+    for name, kind in _fields(spec):
         if name not in obj:
             raise ProtocolError("malformed", "%s lacks %r" % (where, name))
         out[name] = _check(kind, obj[name], "%s.%s" % (where, name))
-    if len(obj) != len(spec):
+    if len(obj) != len(out):
         for name in obj:
             if name not in out:
                 raise ProtocolError("malformed", "%s has unknown field %r" % (where, name))
     return out
 
 
-_VEHICLE_ENTRY = (("id", "vehicle"), ("pub", "spki"), ("limit", "money"))
+_VEHICLE_ENTRY = "id:vehicle pub:spki limit:money"
 
-# Signed message types: fields after "t" and "v", in the order they are written.
+# Signed message types: fields after "t" and "v", in the order they are written, as
+# "name:kind" words (see _fields).
 MESSAGES = {
-    "cert": (("community", "community"), ("station", "station"), ("pub", "spki"),
-             ("owner", "member"), ("fee", "price"), ("exp", "time")),
-    "allow": (("community", "community"), ("seq", "seq"), ("exp", "time"),
-              ("vehicles", "vehicles")),
-    "offer": (("station", "station"), ("nonce", "nonce"), ("price", "price"), ("fee", "price"),
-              ("imax", "amps"), ("at", "time")),
-    "auth": (("vehicle", "vehicle"), ("pub", "spki"), ("station", "station"), ("nonce", "nonce"),
-             ("emax", "wh"), ("cmax", "money"), ("exp", "time")),
-    "grant": (("session", "nonce"), ("station", "station"), ("vehicle", "vehicle"),
-              ("price", "price"), ("fee", "price"), ("hold", "money"), ("emax", "wh")),
-    "reject": (("session", "nonce"), ("station", "station"), ("reason", "reason"),
-               ("detail", "text")),
-    "meter": (("session", "nonce"), ("vehicle", "vehicle"), ("station", "station"),
-              ("record", "hash"), ("wh", "wh")),
-    "receipt": (("session", "nonce"), ("station", "station"), ("station_pub", "spki"),
-                ("owner", "member"), ("vehicle", "vehicle"), ("vehicle_pub", "spki"),
-                ("wh", "wh"), ("price", "price"), ("fee", "price"), ("energy_micro", "money"),
-                ("fee_micro", "money"), ("total_micro", "money"), ("hold_micro", "money"),
-                ("released_micro", "money"), ("begin", "hash"), ("end", "hash"),
-                ("countersigned", "bool"), ("offline", "bool"), ("at", "time")),
+    "cert": "community:community station:station pub:spki owner:member fee:price exp:time",
+    "allow": "community:community seq:seq exp:time vehicles:vehicles",
+    "offer": "station:station nonce:nonce price:price fee:price imax:amps at:time",
+    "auth": "vehicle:vehicle pub:spki station:station nonce:nonce emax:wh cmax:money exp:time",
+    "grant": "session:nonce station:station vehicle:vehicle price:price fee:price hold:money "
+             "emax:wh",
+    "reject": "session:nonce station:station reason:reason detail:text",
+    "meter": "session:nonce vehicle:vehicle station:station record:hash wh:wh",
+    "receipt": "session:nonce station:station station_pub:spki owner:member vehicle:vehicle "
+               "vehicle_pub:spki wh:wh price:price fee:price energy_micro:money fee_micro:money "
+               "total_micro:money hold_micro:money released_micro:money begin:hash end:hash "
+               "countersigned:bool offline:bool at:time",
 }
+
 
 def _consistent(body):
     """Cross-field rules: an id must be the id its key derives (nobody can claim another's)."""
@@ -268,13 +275,13 @@ def key_id(key, role):
 
 def _write_body(t, fields):
     parts = ['"t":' + dump_string(t), '"v":1']
-    for name, kind in MESSAGES[t]:
+    for name, kind in _fields(MESSAGES[t]):
         value = fields[name]
         if kind == "vehicles":
             items = []
             for entry in value:
                 items.append("{" + ",".join(dump_string(n) + ":" + _dump(entry[n])
-                                            for n, _ in _VEHICLE_ENTRY) + "}")
+                                            for n, _ in _fields(_VEHICLE_ENTRY)) + "}")
             text = "[" + ",".join(items) + "]"
         else:
             text = _dump(value)
