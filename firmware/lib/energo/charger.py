@@ -97,7 +97,8 @@ class Charger(ServiceSide, Meter):
         self.phase = "idle"  # idle, offered, authorizing, charging, ending, done
         self.deadline = None
         self.fault_ms = None
-        self.offer = self.nonce = self.auth = self.auth_body = None
+        self.offer = self.offer_body = self.auth = self.auth_body = self.final = None
+        self.nonce = None
         self.auth_checked = False  # the vehicle's signature on self.auth, checked here
         self.pending = {}  # nonce -> state of sessions waiting to be settled
         self.boot_end = []  # sessions a power cut interrupted: each gets a TX P record first
@@ -321,10 +322,13 @@ class Charger(ServiceSide, Meter):
             self.deadline = None
 
     def _to_done(self, why):
+        """The handshake's texts and bodies go (~1 KB): the journaled state keeps what settling
+        needs, and a session waiting for its receipt should not hold them until the next plug."""
         if why:
             print("session:", why)
         self.phase = "done"
         self.deadline = None
+        self.offer = self.offer_body = self.auth = self.auth_body = self.final = None
 
     def _reject(self, reason, detail, signed=None):
         self.ev_errors["ev_rejected"] += 1
