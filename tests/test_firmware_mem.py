@@ -130,10 +130,14 @@ def test_the_role_really_ran(bench_result):
     assert result["meter_records"] >= 1
     assert result["meter_passes"] > 10
     assert result["meter_sample_errors"] == 0
-    assert result["meter_windows_bad"] == 0
-    # The stand-in ADC feeds 230 V and 10 A lagging by 10 degrees: about 2.27 kW. Its signal
-    # follows real time while the window assumes the nominal 400 us spacing, which a busy
-    # machine stretches; so only "the metering path saw this signal" is checked.
+    # The stand-in ADC's signal follows real time while a window assumes the nominal 400 us
+    # spacing. A busy machine that stalls the process early in a window leaves the rest of it
+    # sampled in a few milliseconds, under one zero crossing, and the firmware rightly refuses
+    # it (seen once in CI); most windows must be good.
+    assert result["meter_windows"] >= 3  # sample_interval_ms apart, from boot
+    assert result["meter_windows_bad"] * 5 <= result["meter_windows"]
+    # It feeds 230 V and 10 A lagging by 10 degrees: about 2.27 kW. As the spacing stretches,
+    # only "the metering path saw this signal" is checked.
     assert 1_000_000 < result["meter_power_mw"] < 3_500_000
     # The broker refuses connections: the real link tried and backed off.
     assert result["meter_link_connect_failures"] >= 1

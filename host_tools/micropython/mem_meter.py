@@ -155,6 +155,7 @@ async def main():
         "meter_steady_ms": steady_ms,
         "meter_boot_ms": boot_ms,
         "meter_sample_errors": meter.errors["sample"],
+        "meter_windows": meter.source.windows,
         "meter_windows_bad": meter.source.windows_bad,
         "meter_import_wh": meter.import_wh,
         "meter_power_mw": meter.source.instant.power_mw,

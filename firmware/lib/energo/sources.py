@@ -93,7 +93,8 @@ class AdcSource:
         self.i_buf = array("H", bytes(2 * self.count))
         self.clock = clock
         self.instant = Instant()
-        self.windows_bad = 0
+        self.windows = 0  # windows sampled, and of them the ones refused (fewer than two
+        self.windows_bad = 0  # crossings: a window the scheduler stalled, a missing signal)
         self._last_us = None
         self.authority = False  # our own registers are the authority, saved periodically
         self.ready = False  # True after the first analysed window
@@ -128,6 +129,7 @@ class AdcSource:
         elapsed = 0 if self._last_us is None else clock.ticks_diff(now, self._last_us)
         self._last_us = now
         window = self.metering.analyse(v_buf, i_buf, self.count)
+        self.windows += 1
         if window is None:
             self.windows_bad += 1
             return self.metering.import_wh, self.metering.export_wh
