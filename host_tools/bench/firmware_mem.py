@@ -35,7 +35,9 @@
 #                               its pre-grown qstr pools), measured in the same run: the
 #                               baseline.
 #   <role>_qstrs, _qstr_bytes   the names the role interned, and what they add to each figure.
-#   heap_grew                   the pass peak did not fit in --heap on this port.
+#   heap_grew                   the port added heap during the run: some allocation found no
+#                               free block big enough in --heap (a pass's garbage that did not
+#                               fit, or a fragmented heap); the figures stay exact either way.
 # Names (qstrs). Every identifier the role's code uses is interned in a qstr pool: ~7 bytes an
 # entry in RAM (the text stays in flash with ROMFS). This port grows its pools by doubling, so
 # whether a new ~9 KB pool was made inside the role's figures or before them depended on how
@@ -99,7 +101,7 @@ def add_arguments(parser):
                         help="record interval in seconds, 5..60 (default 5; devices use 60)")
     parser.add_argument("--heap", type=int, default=HEAP_BYTES_DEFAULT,
                         help="MicroPython's starting heap in bytes (default 262144); the port "
-                        "grows it when one pass needs more, reported as heap_grew")
+                        "grows it when an allocation finds no room, reported as heap_grew")
     parser.add_argument("--code", choices=CODE_FORMS, default="romfs",
                         help="where the firmware's code lives: romfs (default; .mpy files in a "
                         "ROMFS image, run in place as on a board with a ROMFS partition), mpy "
@@ -231,8 +233,8 @@ def measure(role="meter", records=4, interval_s=5, heap_bytes=HEAP_BYTES_DEFAULT
     result["code"] = code
     result["record_interval_s"] = interval_s
     result[f"{role}_peak_target_bytes"] = TARGET_PEAK_BYTES
-    # The heap grows only when one pass does not fit in what is there: then this port needed
-    # more than --heap, and the peak is still seen (nothing is collected inside a pass).
+    # The port adds heap when an allocation finds no free block big enough (too much garbage in
+    # one pass, or fragmentation); the peak is still seen (nothing is collected inside a pass).
     result["heap_grew"] = result["heap_end_bytes"] > result["heap_start_bytes"]
     return result
 

@@ -25,7 +25,11 @@ def _skip_ws(buf, i):
 
 
 def _parse_string(buf, i):
-    # buf[i] is the opening quote
+    """The string whose opening quote is buf[i] (buf is bytes), and the index after it.
+
+    One copy of the text for a string without escapes: the slice. On MicroPython decode()
+    shares the slice's bytes (and returns an interned name without allocating when the text
+    is one), and only a string with escapes is joined from its pieces."""
     out = []
     start = i + 1
     i = start
@@ -35,12 +39,15 @@ def _parse_string(buf, i):
             raise JsonError("unterminated string")
         c = buf[i]
         if c == 0x22:
-            out.append(bytes(buf[start:i]).decode())
+            piece = buf[start:i].decode()
+            if not out:
+                return piece, i + 1
+            out.append(piece)
             return "".join(out), i + 1
         if c < 0x20:
             raise JsonError("control character in string")
         if c == 0x5C:
-            out.append(bytes(buf[start:i]).decode())
+            out.append(buf[start:i].decode())
             if i + 1 >= n:
                 raise JsonError("unterminated escape")
             e = buf[i + 1]
