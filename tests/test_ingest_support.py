@@ -8,6 +8,7 @@ from host_tools.bench.ingest import SimDevice
 from host_tools.settlement.ingest import Ingest
 from host_tools.settlement.ledger import Ledger
 from host_tools.settlement.registry import Registry
+from tests.support.services import wipe_database
 
 T0_S = 1_790_000_100 - 1_790_000_100 % 900  # an interval boundary
 
@@ -114,14 +115,6 @@ def member_energy(ledger):
     return result
 
 
-def wipe_postgres(url):
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
-
-
 @pytest.fixture(scope="session")
 def ingest_postgres_url():
     """One scratch PostgreSQL database for the ingest tests, wiped before each use."""
@@ -139,7 +132,7 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
     url = request.getfixturevalue("ingest_postgres_url")
-    wipe_postgres(url)
+    wipe_database(url)
     return url
 
 

@@ -340,7 +340,7 @@ def test_with_broker_credentials_and_acls(tmp_path):
 
 @pytest.mark.postgres
 def test_a_lost_database_connection_is_reopened(ingest_postgres_url, tmp_path, mosquitto):
-    support.wipe_postgres(ingest_postgres_url)
+    services.wipe_database(ingest_postgres_url)
     url = ingest_postgres_url
     rig = Rig(url, tmp_path / "key.pem")
     rig.close()

@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from host_tools.settlement import MONEY, TSL, WATT, SettlementConfig
 from host_tools.settlement.errors import LedgerError
 from tests import test_settlement_support as support
-from tests.test_settlement_support import T0_S, open_ledger, snapshot, wipe
+from tests.support.services import wipe_database
+from tests.test_settlement_support import T0_S, open_ledger, snapshot
 
 key_path, shared_postgres_url = support.key_path, support.shared_postgres_url  # fixtures
 
@@ -45,7 +46,7 @@ def _sum(ledger, asset, accounts):
 
 
 def run_scenario(url, key_path, scenario):
-    wipe(url)
+    wipe_database(url)
     ledger = open_ledger(url, key_path, config=scenario["config"])
     try:
         names = NAMES[:scenario["members"]]

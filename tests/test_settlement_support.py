@@ -2,20 +2,17 @@
 
 `ledger_url` runs a test on SQLite and on PostgreSQL (the latter through the
 `postgres_url` fixture of conftest: skipped locally when unreachable, required
-in CI). `wipe` empties a database between hypothesis examples, because a fresh
-PostgreSQL database per example would be far too slow.
+in CI). `wipe_database` (tests.support.services) empties a database between
+hypothesis examples, because a fresh PostgreSQL database per example would be
+far too slow.
 """
 import pytest
 
 from host_tools.settlement import Ledger, SettlementConfig
-from host_tools.settlement.store import Database
+from tests.support.services import wipe_database
 
 T0_S = 1_795_000_500 - 1_795_000_500 % 900  # an aligned interval start in late 2026
 CLOCK_MS = T0_S * 1000
-
-_TABLES = ("checkpoints", "intervals", "interval_energy", "fee_carry", "holds", "balances",
-           "entries", "transfers", "chain_head", "accounts", "meta")
-
 
 @pytest.fixture(scope="session")
 def shared_postgres_url():
@@ -38,7 +35,7 @@ def ledger_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
     url = request.getfixturevalue("shared_postgres_url")
-    wipe(url)
+    wipe_database(url)
     return url
 
 
@@ -55,20 +52,6 @@ def key_path(tmp_path):
 
 def open_ledger(url, key_path, config=None, clock_ms=CLOCK_MS):
     return Ledger.open(url, config=config, key_path=key_path, clock_ms=lambda: clock_ms)
-
-
-def wipe(url):
-    """Drop every ledger table so the next `Ledger.open` starts from genesis."""
-    db = Database(url)
-    try:
-        with db.transaction():
-            if db.backend == "postgresql":
-                # A connection a failed test left open must not hang the suite.
-                db.execute("SET LOCAL lock_timeout = '10s'")
-            for table in _TABLES:
-                db.execute(f"DROP TABLE IF EXISTS {table}")
-    finally:
-        db.close()
 
 
 def snapshot(ledger):

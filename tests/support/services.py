@@ -105,3 +105,25 @@ def scratch_database(admin_url):
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def wipe_database(url):
+    """Empty a scratch database so that the next open starts from nothing, whatever tables the
+    test before made: PostgreSQL drops and recreates its public schema, SQLite loses its file."""
+    from host_tools.settlement.store import Database, parse_url
+
+    backend, target = parse_url(url)
+    if backend == "sqlite":
+        for path in (target, target + "-wal", target + "-shm", target + "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        return
+    db = Database(url)
+    try:
+        with db.transaction():
+            # A connection a failed test left open must not hang the suite.
+            db.execute("SET LOCAL lock_timeout = '10s'")
+            db.execute("DROP SCHEMA public CASCADE")
+            db.execute("CREATE SCHEMA public")
+    finally:
+        db.close()
