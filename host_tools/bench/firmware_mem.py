@@ -43,7 +43,7 @@
 # whether a new ~9 KB pool was made inside the role's figures or before them depended on how
 # many names came first: a few names more in the firmware, the script or the stand-ins moved
 # every figure by 9 KB. So each script interns ~2 600 names of its own before its baseline
-# (standins/qstrpool.py: the pools then have room for the role's), prints
+# (standins/memprobe.py pregrow: the pools then have room for the role's), prints
 # micropython.qstr_info() once the stand-ins are in and once at the end, and the host adds the
 # role's own names, QSTR_ENTRY_BYTES each, to every <role>_* figure above as <role>_qstr_bytes
 # (<role>_qstrs names), refusing a run in which a pool was still made. A board's pools, grown
@@ -167,7 +167,7 @@ def _charge_qstrs(result, role, lines):
     (pools_before, names_before), (pools_after, names_after) = pools
     if pools_after != pools_before:
         raise MeasureError(f"the qstr pools grew from {pools_before} to {pools_after} while the "
-                           "role ran: pre-grow more names (standins/qstrpool.py)")
+                           "role ran: pre-grow more names (standins/memprobe.py)")
     names = names_after - names_before
     if names <= 0:
         raise MeasureError(f"the role interned {names} names: the qstr_info lines are out of order")

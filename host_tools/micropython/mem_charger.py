@@ -21,7 +21,6 @@
 # charger_after_session_retained_bytes is the heap kept once the session waits for settlement
 # (the retained figure is the highest between two passes while the session ran).
 import asyncio
-import asyncio.core
 import gc
 import json
 import struct
@@ -29,56 +28,12 @@ import sys
 import time
 
 import micropython
+from memprobe import PassProbe, heap_total, pregrow, settled
 
-_MAX_NEW_SPLIT = 134217728
 COMMUNITY = bytes([0x33] * 32)
 VEHICLE = bytes([0x22] * 32)
 PRICE = 250000
 FEE = 30000
-
-
-def heap_total():
-    return gc.mem_alloc() + gc.mem_free() - _MAX_NEW_SPLIT
-
-
-async def settled():
-    gc.collect()
-    await asyncio.sleep_ms(1)
-    gc.collect()
-    await asyncio.sleep_ms(1)
-    return gc.mem_alloc()
-
-
-class PassProbe:
-    """mem_meter.py's probe, plus `skip`: a pass in which the stand-in vehicle worked."""
-
-    def __init__(self):
-        self.on = False
-        self.skip = False
-        self.skipped = 0
-        self.peak = 0
-        self.retained = 0
-        self.passes = 0
-        self._inner = asyncio.core._run_iter
-        asyncio.core._run_iter = self._run_iter
-
-    def _run_iter(self):
-        if self.on:
-            used = gc.mem_alloc()
-            if used > self.retained:
-                self.retained = used
-        try:
-            return self._inner()
-        finally:
-            if self.on:
-                used = gc.mem_alloc()
-                if self.skip:
-                    self.skipped += 1
-                elif used > self.peak:
-                    self.peak = used
-                self.passes += 1
-            self.skip = False
-            gc.collect()
 
 
 def hardware(machine):
@@ -274,9 +229,7 @@ async def main():
     interval_s = int(sys.argv[3])
     out = {"role": "charger", "heap_start_bytes": heap_total()}
     gc.threshold(-1)
-    import qstrpool
-
-    await qstrpool.pregrow()
+    await pregrow()
     probe = PassProbe()
     interpreter = await settled()
 

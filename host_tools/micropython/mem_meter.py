@@ -9,63 +9,21 @@
 # the start of the next entry from JavaScript into Python (the asyncio loop is one such entry
 # per timer callback; it runs every task that is ready). Inside an entry nothing is collected
 # (the only frees are buffers moved while they grow), so gc.mem_alloc() at the end of an entry
-# is, to within such a buffer, the highest it has been since the collection before it. We wrap the loop's entry function: at its end we read mem_alloc (the peak candidate)
-# and ask for a collection; at its start the collection has just run, so mem_alloc there is
-# what the role keeps between passes (the retained heap). A task that polled mem_alloc instead
+# is, to within such a buffer, the highest it has been since the collection before it.
+# memprobe.PassProbe wraps the loop's entry function: at its end it reads mem_alloc (the peak
+# candidate) and asks for a collection; at its start the collection has just run, so mem_alloc
+# there is what the role keeps between passes (the retained heap). A task that polled mem_alloc instead
 # would see neither number: it runs somewhere in the middle of a pass.
 # The peak is an upper bound for a board: it counts every object a pass made, garbage included,
 # where an ESP32 collects in the middle of a pass when its heap runs short.
 import asyncio
-import asyncio.core
 import gc
 import json
 import sys
 import time
 
 import micropython
-
-_MAX_NEW_SPLIT = 134217728  # the port's "max new split": mem_free counts it as free
-
-
-def heap_total():
-    """Bytes of heap the interpreter has now (it grows when a pass does not fit)."""
-    return gc.mem_alloc() + gc.mem_free() - _MAX_NEW_SPLIT
-
-
-async def settled():
-    """mem_alloc after a real collection: ask for one, then let the next entry run it."""
-    gc.collect()
-    await asyncio.sleep_ms(1)
-    gc.collect()
-    await asyncio.sleep_ms(1)
-    return gc.mem_alloc()
-
-
-class PassProbe:
-    """Samples the heap at both ends of every asyncio loop pass (see the header)."""
-
-    def __init__(self):
-        self.on = False
-        self.peak = 0
-        self.retained = 0
-        self.passes = 0
-        self._inner = asyncio.core._run_iter
-        asyncio.core._run_iter = self._run_iter
-
-    def _run_iter(self):
-        if self.on:
-            used = gc.mem_alloc()
-            if used > self.retained:
-                self.retained = used
-        try:
-            return self._inner()
-        finally:
-            if self.on:
-                used = gc.mem_alloc()
-                if used > self.peak:
-                    self.peak = used
-                self.passes += 1
-            gc.collect()
+from memprobe import PassProbe, heap_total, pregrow, settled
 
 
 async def main():
@@ -74,9 +32,7 @@ async def main():
     interval_s = int(sys.argv[3])
     out = {"role": "meter", "heap_start_bytes": heap_total()}
     gc.threshold(-1)  # collections only where the probe asks for them
-    import qstrpool
-
-    await qstrpool.pregrow()
+    await pregrow()
     probe = PassProbe()
     interpreter = await settled()
 
