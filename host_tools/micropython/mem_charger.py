@@ -159,6 +159,7 @@ class Vehicle:
         self.done = False
         self.uart = None
         self.pub = self.me = None
+        self.session = None  # the offer's nonce and station, for the countersignature
 
     def prepare(self):
         """The vehicle's key and id, made before the measurement starts: k*G in one go is
@@ -187,20 +188,24 @@ class Vehicle:
                 f = evproto.read_frame(self.inbox.pop(0))
                 if f["k"] == "offer":
                     offer = evproto.open_message(f["offer"], "offer")
-                    self.session = offer
+                    self.session = (offer["nonce"], offer["station"])
                     self.rx += evproto.frame("auth", auth=evproto.sign_message(VEHICLE, {
                         "t": "auth", "vehicle": me, "pub": pub, "station": offer["station"],
                         "nonce": offer["nonce"], "emax": 20000, "cmax": 5000000,
                         "exp": offer["at"] + 900}))
+                    offer = None
                 elif f["k"] == "grant":
                     self.state = "C"
                     self.stop_after = charger.counter.last() + self.records + 1
                 elif f["k"] == "final":
+                    nonce, station = self.session
                     self.rx += evproto.frame("meter", meter=evproto.sign_message(VEHICLE, {
-                        "t": "meter", "session": self.session["nonce"], "vehicle": me,
-                        "station": self.session["station"],
+                        "t": "meter", "session": nonce, "vehicle": me, "station": station,
                         "record": evproto.record_hash(f["record"]), "wh": 0}))
                     self.done = True
+                # The vehicle's frames are its own heap, not the charger's: none is kept while
+                # the charger's passes run (an offer frame with its certificate is ~1.5 KB).
+                f = None
 
 
 def trust_file(charger):
