@@ -176,7 +176,6 @@ class Vehicle:
     async def run(self, probe, charger):
         from energo import evproto
 
-        pub, me = self.pub, self.me
         while not self.done:
             await asyncio.sleep_ms(20)
             if self.state == "C" and charger.counter.last() >= self.stop_after > 0:
@@ -185,27 +184,30 @@ class Vehicle:
                 self.rx += evproto.frame("stop")
             while self.inbox:
                 probe.skip = True  # this pass did the vehicle's work: not the charger's
-                f = evproto.read_frame(self.inbox.pop(0))
-                if f["k"] == "offer":
-                    offer = evproto.open_message(f["offer"], "offer")
-                    self.session = (offer["nonce"], offer["station"])
-                    self.rx += evproto.frame("auth", auth=evproto.sign_message(VEHICLE, {
-                        "t": "auth", "vehicle": me, "pub": pub, "station": offer["station"],
-                        "nonce": offer["nonce"], "emax": 20000, "cmax": 5000000,
-                        "exp": offer["at"] + 900}))
-                    offer = None
-                elif f["k"] == "grant":
-                    self.state = "C"
-                    self.stop_after = charger.counter.last() + self.records + 1
-                elif f["k"] == "final":
-                    nonce, station = self.session
-                    self.rx += evproto.frame("meter", meter=evproto.sign_message(VEHICLE, {
-                        "t": "meter", "session": nonce, "vehicle": me, "station": station,
-                        "record": evproto.record_hash(f["record"]), "wh": 0}))
-                    self.done = True
-                # The vehicle's frames are its own heap, not the charger's: none is kept while
-                # the charger's passes run (an offer frame with its certificate is ~1.5 KB).
-                f = None
+                self._answer(evproto.read_frame(self.inbox.pop(0)), charger)
+
+    def _answer(self, f, charger):
+        """Answer one frame. A method of its own so that the frame and what was read from it
+        (an offer frame with its certificate is ~1.5 KB) are let go when it returns: the
+        vehicle's heap is not the charger's, and the charger's passes run in between."""
+        from energo import evproto
+
+        if f["k"] == "offer":
+            offer = evproto.open_message(f["offer"], "offer")
+            self.session = (offer["nonce"], offer["station"])
+            self.rx += evproto.frame("auth", auth=evproto.sign_message(VEHICLE, {
+                "t": "auth", "vehicle": self.me, "pub": self.pub, "station": offer["station"],
+                "nonce": offer["nonce"], "emax": 20000, "cmax": 5000000,
+                "exp": offer["at"] + 900}))
+        elif f["k"] == "grant":
+            self.state = "C"
+            self.stop_after = charger.counter.last() + self.records + 1
+        elif f["k"] == "final":
+            nonce, station = self.session
+            self.rx += evproto.frame("meter", meter=evproto.sign_message(VEHICLE, {
+                "t": "meter", "session": nonce, "vehicle": self.me, "station": station,
+                "record": evproto.record_hash(f["record"]), "wh": 0}))
+            self.done = True
 
 
 def trust_file(charger):

@@ -12,8 +12,8 @@
 # is, to within such a buffer, the highest it has been since the collection before it.
 # memprobe.PassProbe wraps the loop's entry function: at its end it reads mem_alloc (the peak
 # candidate) and asks for a collection; at its start the collection has just run, so mem_alloc
-# there is what the role keeps between passes (the retained heap). A task that polled mem_alloc instead
-# would see neither number: it runs somewhere in the middle of a pass.
+# there is what the role keeps between passes (the retained heap). A task that polled
+# mem_alloc instead would see neither number: it runs somewhere in the middle of a pass.
 # The peak is an upper bound for a board: it counts every object a pass made, garbage included,
 # where an ESP32 collects in the middle of a pass when its heap runs short.
 import asyncio
